@@ -1,0 +1,115 @@
+"""The contract between the HTTP/1.1 engine and the two app adapters (WSGI, ASGI).
+
+One ``Exchange`` is one request and its response on one connection. The engine
+(``kamisama_server.http.protocol``) creates it once the request head is parsed
+and valid, and hands it to an adapter. Adapters never touch sockets or the
+parser: everything they need is here, so both interfaces obey the same limits,
+keep-alive, pipelining and drain rules.
+
+All methods are coroutines on the worker's event loop. A WSGI adapter running
+the app in a thread reaches them with ``asyncio.run_coroutine_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class RequestBodyError(OSError):
+    """The request body turned out invalid while the app read it.
+
+    An ``OSError`` so that WSGI apps, which expect I/O errors from
+    ``wsgi.input.read()``, handle it as they handle a dropped client.
+    ``status`` is what the client gets if no response head was sent yet.
+    """
+
+    status = 400
+
+
+class RequestBodyTooLarge(RequestBodyError):
+    """The body exceeded ``limit_request_body``."""
+
+    status = 413
+
+
+class ClientDisconnected(OSError):
+    """The client went away; writes and reads on the exchange fail with this."""
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """What the engine parsed and validated of the request; read-only for adapters."""
+
+    method: str
+    raw_path: bytes  # path as sent, still percent-encoded, without the query
+    query_string: bytes
+    http_version: str  # "1.0" or "1.1"
+    headers: Headers  # names lower-cased, values as sent (stripped of OWS)
+    scheme: str = "http"
+    client: tuple[str, int] | None = None
+    server: tuple[str, int] | None = None
+    root_path: str = ""
+    extensions: dict[str, object] = field(default_factory=dict)
+
+
+class Exchange(abc.ABC):
+    """One request/response pair; implemented by the engine, used by adapters."""
+
+    head: RequestHead
+
+    @property
+    @abc.abstractmethod
+    def headers_sent(self) -> bool:
+        """True once ``send_head`` succeeded: after that an error can only close."""
+
+    @abc.abstractmethod
+    async def receive(self) -> bytes:
+        """The next chunk of the request body; ``b""`` once it is complete.
+
+        The first call sends ``100 Continue`` when the client asked for it.
+        Raises ``RequestBodyError`` (400) / ``RequestBodyTooLarge`` (413) for a
+        body that is invalid or over the limit, ``ClientDisconnected`` if the
+        client left.
+        """
+
+    @abc.abstractmethod
+    async def wait_disconnect(self) -> None:
+        """Return once the client has disconnected (for ASGI ``http.disconnect``)."""
+
+    @abc.abstractmethod
+    async def send_head(self, status: int, headers: Headers) -> None:
+        """Validate and send the status line and headers.
+
+        Raises ``ValueError`` for an invalid status or a header name/value with
+        CR, LF or NUL (the adapter then answers 500). The engine adds ``Date``,
+        ``Server`` and ``Connection`` and picks the framing: the app's
+        ``Content-Length``, else chunked on HTTP/1.1, else close-delimited.
+        """
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Send body bytes, waiting while the transport is paused (backpressure)."""
+
+    @abc.abstractmethod
+    async def sendfile(self, fd: int, offset: int, count: int | None) -> None:
+        """Send ``count`` bytes of an open file (``os.sendfile`` where possible)."""
+
+    @abc.abstractmethod
+    async def end(self) -> None:
+        """Finish the response (last chunk); the connection may serve the next request."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Close the connection now: an error after the head was sent."""
+
+
+AppHandler = Callable[[Exchange], Awaitable[None]]
+"""What an adapter gives the engine: serve one exchange, then return.
+
+The engine guarantees ``end()`` or ``abort()`` happened when the handler
+returns (it sends 500 itself if the handler raised before ``send_head``).
+"""
