@@ -1,0 +1,547 @@
+"""The WSGI adapter (PEP 3333): serves one ``Exchange`` by calling a WSGI app.
+
+How a request flows, and why:
+
+- The loop builds the environ and, for a small body with ``Content-Length``
+  (and no ``Expect: 100-continue``), reads the body before the app starts, so
+  the app's ``wsgi.input`` reads never leave its thread. Larger or chunked
+  bodies are pulled from the engine chunk by chunk as the app reads.
+- The app call and the iteration of its result run in one pool thread (one
+  hop there). The thread hands the response back through ``_Call``: a
+  response whose body is complete (a list, or ``Content-Length`` bytes
+  reached) goes back in one piece with one wake-up of the loop; anything else
+  streams: chunks queue up and the loop writes whatever queued since its last
+  write as one batch; the thread waits when more than ``_HIGH_WATER`` bytes
+  are queued (backpressure from a slow client reaches the app).
+- ``wsgi.file_wrapper`` over a regular file is sent with ``Exchange.sendfile``.
+
+Errors: an app that raises gets a logged traceback and a 500, or the
+connection is aborted once the head went out. A body that turned out invalid
+or too large (``RequestBodyError`` from ``wsgi.input.read``) answers 400/413
+in place of whatever the app answered, if no head was sent yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Protocol
+
+from kamisama_server.http.exchange import (
+    ClientDisconnected,
+    Exchange,
+    Headers,
+    RequestBodyError,
+)
+from kamisama_server.http.wsgi_environ import Environ, EnvironBuilder
+from kamisama_server.http.wsgi_file import FileWrapper
+from kamisama_server.http.wsgi_input import InputStream
+from kamisama_server.http.wsgi_pool import ThreadPool
+
+log = logging.getLogger("kamisama_server.wsgi")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+WriteCallable = Callable[[bytes], None]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = ...,
+        /,
+    ) -> WriteCallable: ...
+
+
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+# A body up to this size (with Content-Length) is read on the loop before the app starts.
+_PRE_READ_MAX = 64 * 1024
+# Bytes queued for the loop before the app's thread waits for the client to catch up.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+# Above this a collected body is written chunk by chunk instead of joined.
+_JOIN_MAX = 256 * 1024
+
+_NO_BODY_STATUS = frozenset((204, 304))
+
+
+class WSGIAdapter:
+    """An ``AppHandler`` serving a WSGI app; one per worker process.
+
+    ``threads`` app calls run at once (a pool of that many threads, started on
+    first use). Call ``close()`` once the engine has drained, to stop them.
+    """
+
+    def __init__(self, app: WSGIApp, *, threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.app = app
+        self.threads = threads
+        self._pool = ThreadPool(threads)
+        self._environ = EnvironBuilder(multithread=threads > 1, file_wrapper=FileWrapper)
+
+    async def __call__(self, exchange: Exchange) -> None:
+        loop = asyncio.get_running_loop()
+        environ = self._environ.build(exchange.head, None)
+        stream = await _make_input(environ, exchange, loop)
+        environ["wsgi.input"] = stream
+        call = _Call(self.app, environ, stream, exchange, loop)
+        self._pool.submit(call.run)
+        await call.pump()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the app threads (after the engine drained in-flight requests)."""
+        self._pool.shutdown(timeout)
+
+
+async def _make_input(
+    environ: Environ, exchange: Exchange, loop: asyncio.AbstractEventLoop
+) -> InputStream:
+    """The ``wsgi.input`` for this request: empty, pre-read, or streaming."""
+    length = environ.get("CONTENT_LENGTH")
+    if length is None:
+        if "HTTP_TRANSFER_ENCODING" not in environ:
+            return InputStream(None)
+    elif length == "0":
+        return InputStream(None)
+    elif "HTTP_EXPECT" not in environ and length.isdigit() and int(length) <= _PRE_READ_MAX:
+        chunks: list[bytes] = []
+        try:
+            while True:
+                chunk = await exchange.receive()
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError as exc:
+            # Raised to the app when it reads past the data that did arrive.
+            return InputStream(None, b"".join(chunks), exc)
+        return InputStream(None, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def pull() -> bytes:
+        return asyncio.run_coroutine_threadsafe(exchange.receive(), loop).result()
+
+    return InputStream(pull)
+
+
+def _parse_status(status: str) -> int:
+    """The status code of a WSGI status line ("200 OK"); ValueError if malformed."""
+    if type(status) is not str:
+        raise TypeError(f"status must be a str, got {type(status).__name__}")
+    code = status[:3]
+    if (
+        len(code) != 3
+        or not code.isdigit()
+        or (len(status) > 3 and status[3] != " ")
+        or "\r" in status
+        or "\n" in status
+        or "\0" in status
+    ):
+        raise ValueError(f"invalid status line {status!r}")
+    value = int(code)
+    if value < 100:
+        raise ValueError(f"invalid status code {status!r}")
+    return value
+
+
+def _encode_headers(headers: list[tuple[str, str]]) -> tuple[Headers, int | None]:
+    """Response headers as latin-1 bytes, and the declared Content-Length if any."""
+    if type(headers) is not list:
+        raise TypeError(f"headers must be a list, got {type(headers).__name__}")
+    out: Headers = []
+    declared: int | None = None
+    for name, value in headers:
+        if type(name) is not str or type(value) is not str:
+            raise TypeError(f"header name and value must be str: {name!r}: {value!r}")
+        raw_name = name.encode("latin-1")
+        raw_value = value.encode("latin-1")
+        if len(raw_name) == 14 and raw_name.lower() == b"content-length":
+            declared = int(raw_value)
+            if declared < 0:
+                raise ValueError(f"negative Content-Length {value!r}")
+        out.append((raw_name, raw_value))
+    return out, declared
+
+
+def _as_bytes(chunk: object) -> bytes:
+    if isinstance(chunk, (bytearray, memoryview)):
+        return bytes(chunk)
+    raise TypeError(f"a WSGI app must produce bytes, got {type(chunk).__name__}")
+
+
+class _Call:
+    """One app call: the app's thread fills it, the loop's ``pump`` drains it.
+
+    Shared between the two threads under ``lock``: ``items`` (body chunks not
+    yet written), ``queued`` (their size), ``done`` (the thread finished),
+    ``wake_pending`` (a wake-up of the loop is already on its way, so the
+    thread need not send another), ``loop_error`` (the loop cannot write any
+    more: the thread stops the app with it).
+    """
+
+    __slots__ = (
+        "app",
+        "app_error",
+        "committed",
+        "declared",
+        "done",
+        "drained",
+        "environ",
+        "exchange",
+        "file",
+        "headers",
+        "items",
+        "lock",
+        "loop",
+        "loop_error",
+        "queued",
+        "sent",
+        "status",
+        "stream",
+        "streaming",
+        "waiter",
+        "wake_pending",
+    )
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        environ: Environ,
+        stream: InputStream,
+        exchange: Exchange,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.app = app
+        self.environ: Environ | None = environ
+        self.stream = stream
+        self.exchange = exchange
+        self.loop = loop
+        self.status = 0
+        self.headers: Headers = []
+        self.declared: int | None = None
+        self.sent = 0  # body bytes accepted from the app (after truncation)
+        self.committed = False  # the first body byte was produced: the head is final
+        self.streaming = False  # chunks go to the loop as they come
+        self.items: list[bytes] = []
+        self.queued = 0
+        self.done = False
+        self.wake_pending = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.drained: threading.Event | None = None
+        self.lock = threading.Lock()
+        self.app_error: BaseException | None = None
+        self.loop_error: BaseException | None = None
+        self.file: FileWrapper | None = None
+
+    # -- the app's side (a pool thread) ---------------------------------------
+
+    def run(self) -> None:
+        """Call the app and consume its result; never raises."""
+        app_iter: Iterable[bytes] | None = None
+        environ = self.environ
+        self.environ = None
+        assert environ is not None
+        try:
+            app_iter = self.app(environ, self.start_response)
+            if type(app_iter) is FileWrapper:
+                self._take_file(app_iter)
+                if self.file is not None:
+                    app_iter = None  # the loop sends it, then closes it
+            if app_iter is not None:
+                hold = type(app_iter) is list or type(app_iter) is tuple
+                for chunk in app_iter:
+                    if chunk:
+                        self._add(chunk if type(chunk) is bytes else _as_bytes(chunk), hold)
+            if not self.status:
+                raise RuntimeError("the WSGI app returned without calling start_response")
+        except BaseException as exc:
+            self.app_error = exc
+        finally:
+            try:
+                close = getattr(app_iter, "close", None)
+                if close is not None:
+                    close()
+            except BaseException as exc:
+                if self.app_error is None:
+                    self.app_error = exc
+            finally:
+                self._finish()
+
+    def _take_file(self, wrapper: FileWrapper) -> None:
+        """Keep ``wrapper`` for ``os.sendfile`` if it wraps a regular file."""
+        if not self.status:
+            raise RuntimeError("the WSGI app returned without calling start_response")
+        span = wrapper.sendfile_span()
+        if span is None:
+            return
+        self.file = wrapper
+        if self.declared is None and not self.committed:
+            # Known length: the engine can use plain framing instead of chunks.
+            self.declared = span[2]
+            self.headers.append((b"Content-Length", str(span[2]).encode()))
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> WriteCallable:
+        """PEP 3333 ``start_response``; may replace the head until the body starts."""
+        if exc_info is not None:
+            try:
+                if self.committed:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # no reference cycle through the traceback
+        elif self.status:
+            raise RuntimeError("start_response called twice without exc_info")
+        code = _parse_status(status)
+        self.headers, self.declared = _encode_headers(headers)
+        self.status = code
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write()`` callable: sends ``data`` before the app goes on."""
+        if not self.status:
+            raise RuntimeError("write() called before start_response()")
+        if type(data) is not bytes:
+            data = _as_bytes(data)
+        if data:
+            self._add(data, False)
+
+    def _add(self, chunk: bytes, hold: bool) -> None:
+        """Take one body chunk: hold it until the end, or stream it now."""
+        if not self.status:
+            raise RuntimeError("the WSGI app produced body data before calling start_response")
+        declared = self.declared
+        if declared is not None:
+            room = declared - self.sent
+            if len(chunk) > room:  # never send more than the app declared
+                if room <= 0:
+                    return
+                chunk = chunk[:room]
+            if self.sent + len(chunk) == declared:
+                hold = True  # the body is complete: nothing is gained by waking the loop early
+        self.sent += len(chunk)
+        self.committed = True
+        if self.streaming:
+            self._push(chunk)
+        elif hold:
+            # The loop does not look at items before it is woken: no lock needed yet.
+            self.items.append(chunk)
+            self.queued += len(chunk)
+        else:
+            self.streaming = True
+            self._push(chunk)
+
+    def _push(self, chunk: bytes) -> None:
+        """Queue a chunk for the loop; wait while too much is queued."""
+        with self.lock:
+            if self.loop_error is not None:
+                raise self.loop_error
+            self.items.append(chunk)
+            self.queued += len(chunk)
+            wake = not self.wake_pending
+            self.wake_pending = True
+            drained = None
+            if self.queued > _HIGH_WATER:
+                drained = self.drained = threading.Event()
+        if wake:
+            self.loop.call_soon_threadsafe(self._on_wake)
+        if drained is not None:
+            drained.wait()
+            if self.loop_error is not None:
+                raise self.loop_error
+
+    def _finish(self) -> None:
+        with self.lock:
+            self.done = True
+            wake = not self.wake_pending
+            self.wake_pending = True
+        if wake:
+            self.loop.call_soon_threadsafe(self._on_wake)
+
+    # -- the loop's side -------------------------------------------------------
+
+    def _on_wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def pump(self) -> None:
+        """Write what the app's thread produces until it is done, then finish."""
+        loop = self.loop
+        while True:
+            with self.lock:
+                items = self.items
+                if items:
+                    self.items = []
+                done = self.done
+                if not items and not done:
+                    self.wake_pending = False
+                    waiter = self.waiter = loop.create_future()
+            if items:
+                if self.loop_error is None and not (done and self._failed()):
+                    await self._write(items)
+                self._release(items)
+            elif done:
+                break
+            else:
+                await waiter
+        await self._complete()
+
+    def _failed(self) -> bool:
+        """The thread ended in an error that makes its held body worthless."""
+        return self.app_error is not None or self.stream.body_error is not None
+
+    def _release(self, items: list[bytes]) -> None:
+        """Account for written (or dropped) chunks; let a waiting thread go on."""
+        size = sum(map(len, items)) if len(items) > 1 else len(items[0])
+        with self.lock:
+            self.queued -= size
+            drained = self.drained
+            if drained is not None and (self.queued <= _LOW_WATER or self.loop_error):
+                self.drained = None
+                drained.set()
+
+    def _fail_loop(self, exc: BaseException) -> None:
+        """The loop cannot go on writing: stop the thread's next push with ``exc``."""
+        with self.lock:
+            self.loop_error = exc
+            drained, self.drained = self.drained, None
+        if drained is not None:
+            drained.set()
+
+    async def _write(self, items: list[bytes]) -> None:
+        exchange = self.exchange
+        try:
+            if not exchange.headers_sent:
+                await exchange.send_head(self.status, self.headers)
+            if len(items) == 1:
+                await exchange.write(items[0])
+            elif sum(map(len, items)) <= _JOIN_MAX:
+                await exchange.write(b"".join(items))
+            else:
+                for item in items:
+                    await exchange.write(item)
+        except (ValueError, OSError) as exc:
+            self._fail_loop(exc)
+
+    async def _complete(self) -> None:
+        """The thread is done: send what is left and end, or answer the error."""
+        exchange = self.exchange
+        file, self.file = self.file, None
+        try:
+            if await self._answer_error():
+                return
+            if not exchange.headers_sent:
+                try:
+                    await exchange.send_head(self.status, self.headers)
+                except ValueError as exc:
+                    log.error("invalid response head from the WSGI app: %s", exc)
+                    await _plain_response(exchange, 500, b"Internal Server Error")
+                    return
+            if file is not None:
+                await self._send_file(file)
+            elif self._short():
+                log.error(
+                    "the WSGI app declared Content-Length %s but sent %s bytes; closing",
+                    self.declared,
+                    self.sent,
+                )
+                exchange.abort()
+                return
+            await exchange.end()
+        except ClientDisconnected:
+            exchange.abort()
+        finally:
+            if file is not None:
+                try:
+                    file.close()
+                except Exception:
+                    log.exception("error closing the wsgi.file_wrapper file")
+
+    async def _answer_error(self) -> bool:
+        """Answer a failed call (True), or return False if it succeeded."""
+        exchange = self.exchange
+        body_error = self.stream.body_error
+        if body_error is not None:
+            if isinstance(body_error, RequestBodyError) and not exchange.headers_sent:
+                status = body_error.status
+                reason = b"Request Entity Too Large" if status == 413 else b"Bad Request"
+                await _plain_response(exchange, status, reason, close=True)
+            else:
+                exchange.abort()
+            return True
+        loop_error = self.loop_error
+        if loop_error is not None:
+            if isinstance(loop_error, ValueError) and not exchange.headers_sent:
+                log.error("invalid response head from the WSGI app: %s", loop_error)
+                await _plain_response(exchange, 500, b"Internal Server Error")
+            else:
+                exchange.abort()
+            return True
+        exc = self.app_error
+        if exc is None:
+            return False
+        self.app_error = None  # drop the traceback's frames with this call
+        if isinstance(exc, ClientDisconnected):
+            exchange.abort()
+            return True
+        log.error("Exception in WSGI application", exc_info=exc)
+        if exchange.headers_sent:
+            exchange.abort()
+        else:
+            await _plain_response(exchange, 500, b"Internal Server Error")
+        return True
+
+    def _short(self) -> bool:
+        """The app declared a Content-Length and sent less: the response is broken."""
+        declared = self.declared
+        if declared is None or self.sent >= declared:
+            return False
+        status = self.status
+        return not (
+            status < 200 or status in _NO_BODY_STATUS or self.exchange.head.method == "HEAD"
+        )
+
+    async def _send_file(self, file: FileWrapper) -> None:
+        span = file.sendfile_span()
+        if span is None:  # closed or replaced since run() looked
+            raise ClientDisconnected("the wsgi.file_wrapper file is no longer sendable")
+        fd, offset, count = span
+        declared = self.declared
+        if declared is not None:
+            count = min(count, declared - self.sent)
+        if count > 0 and self.exchange.head.method != "HEAD":
+            await self.exchange.sendfile(fd, offset, count)
+        self.sent += count
+        if self._short():
+            log.error("the file sent by the WSGI app is shorter than its Content-Length")
+            raise ClientDisconnected("short file")
+
+
+async def _plain_response(
+    exchange: Exchange, status: int, text: bytes, *, close: bool = False
+) -> None:
+    headers: Headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(text)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    try:
+        await exchange.send_head(status, headers)
+        await exchange.write(text)
+        await exchange.end()
+    except ClientDisconnected:
+        exchange.abort()
+
+
+def wsgi_handler(app: Any, *, threads: int = 1) -> WSGIAdapter:
+    """The engine handler for a WSGI ``app`` (what ``serve`` calls)."""
+    return WSGIAdapter(app, threads=threads)
