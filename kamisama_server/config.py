@@ -445,7 +445,15 @@ def parse_args(
     parser = build_parser(prog)
     namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     cli: dict[str, Any] = vars(namespace)
-    env: dict[str, Any] = {o.dest: _from_env(parser, o, env_map) for o in OPTIONS}
+    # Flags win: an environment variable is only read (and validated) when its
+    # flag is absent, so a flag can override a broken deployment setting.
+    cli_binds = any(cli[dest] is not None for dest in ("binds", "host", "port"))
+    env: dict[str, Any] = {
+        o.dest: None
+        if cli[o.dest] is not None or (cli_binds and o.dest in ("binds", "host", "port"))
+        else _from_env(parser, o, env_map)
+        for o in OPTIONS
+    }
 
     def pick(dest: str) -> Any:
         return cli[dest] if cli[dest] is not None else env[dest]
