@@ -370,3 +370,39 @@ def test_help_names_every_environment_variable() -> None:
     text = build_parser().format_help()
     for option in OPTIONS:
         assert option.env_name in text
+
+
+def _documented(value: Any) -> set[str]:
+    """How a default may be written in the table."""
+    if isinstance(value, bool):
+        return {"on"} if value else {"off"}
+    if value is None:
+        return {"none", "unlimited"}
+    if value == "":
+        return {"empty"}
+    if isinstance(value, float | int):
+        return {f"{value:g}", f"`{value:g}`"}
+    return {str(value), f"`{value}`"}
+
+
+def test_documented_defaults_are_the_real_defaults() -> None:
+    fields = {f.name: f for f in dataclasses.fields(ServeConfig)}
+    dynamic = {"app", "app_dir", "binds", "workers", "socket_mode"}  # documented in words
+    for option in OPTIONS:
+        if option.dest in dynamic or option.dest not in fields:
+            continue
+        default = fields[option.dest].default
+        assert option.default_doc in _documented(default), option.dest
+
+
+def test_defaults_agree_with_the_http_engine() -> None:
+    """ServeConfig feeds HttpConfig; the same name must mean the same default."""
+    http_config = pytest.importorskip("kamisama_server.http.config")
+    serve = ServeConfig(app="m:app")
+    http = http_config.HttpConfig()
+    shared = {f.name for f in dataclasses.fields(ServeConfig)} & {
+        f.name for f in dataclasses.fields(http_config.HttpConfig)
+    }
+    assert {"limit_request_line", "keep_alive", "forwarded_allow_ips"} <= shared
+    for name in sorted(shared):
+        assert getattr(serve, name) == getattr(http, name), name

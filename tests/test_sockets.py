@@ -502,3 +502,21 @@ def test_systemd_fds_are_left_alone_when_the_pid_is_not_ours() -> None:
         assert env == {"LISTEN_PID": str(os.getpid() + 1), "LISTEN_FDS": "1"}
     finally:
         listeners.close()
+
+
+@pytest.mark.parametrize("mode", ["shared", pytest.param("reuseport", marks=needs_reuseport)])
+def test_a_failed_bind_leaves_nothing_bound(mode: str, tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    path = tmp_path / "partial.sock"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        specs = [f"127.0.0.1:{free}", f"unix:{path}", f"127.0.0.1:{busy.getsockname()[1]}"]
+        with pytest.raises(BindError, match="address already in use"):
+            bind_listeners(specs, slots=2, mode=mode)  # type: ignore[arg-type]
+    assert not path.exists()
+    with socket.socket() as again:  # would fail if any socket on it were still open
+        again.bind(("127.0.0.1", free))
+        again.listen()
