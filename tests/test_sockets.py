@@ -438,12 +438,16 @@ def test_systemd_fds_are_only_for_the_pid_named() -> None:
 
 SYSTEMD_CHILD = textwrap.dedent(
     """
-    import os, socket, sys
+    import fcntl, os, socket, sys
     from kamisama_server.sockets import bind_listeners
     # What systemd does between fork and exec: the sockets at fd 3.., our pid.
-    for i, fd in enumerate(sys.argv[1:]):
-        os.dup2(int(fd), 3 + i)
+    # move the handed fds out of the way of 3, 4, ... first
+    handed = [fcntl.fcntl(int(fd), fcntl.F_DUPFD, 100) for fd in sys.argv[1:]]
+    for fd in sys.argv[1:]:
         os.close(int(fd))
+    for i, fd in enumerate(handed):
+        os.dup2(fd, 3 + i)
+        os.close(fd)
     os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(sys.argv) - 1))
     listeners = bind_listeners([], slots=2, mode="reuseport")
     assert "LISTEN_FDS" not in os.environ and "LISTEN_PID" not in os.environ
