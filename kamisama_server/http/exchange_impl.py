@@ -1,0 +1,383 @@
+"""The engine's ``Exchange``: one request body in, one response out, on one connection.
+
+The connection (``HttpProtocol``) feeds the body in with ``feed``/``finish``;
+the adapter pulls it with ``receive`` and answers with ``send_head``/``write``/
+``end``. The response head is held back until the first body bytes (or the end
+of the current loop iteration) so a small response leaves in one ``send()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .exchange import ClientDisconnected, Exchange, Headers, RequestBodyError, RequestHead
+from .state import STATUS_LINES
+
+if TYPE_CHECKING:
+    from .protocol import HttpProtocol
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_BIG = 64 * 1024  # above this, body bytes are not copied into a chunk frame
+_KEEP_ALIVE_UNREAD = 64 * 1024  # unread request body we are willing to discard to keep alive
+_SENDFILE_CHUNK = 256 * 1024
+
+# Response framing.
+_NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
+
+
+class HttpExchange(Exchange):
+    """One request/response pair; created by ``HttpProtocol`` once the head is valid."""
+
+    __slots__ = (
+        "_body_done",
+        "_body_error",
+        "_body_waiter",
+        "_buffered",
+        "_chunks",
+        "_disc_waiter",
+        "_discard",
+        "_finished",
+        "_framing",
+        "_head_sent",
+        "_no_body",
+        "_pending_head",
+        "_proto",
+        "_received",
+        "_remaining",
+        "content_length",
+        "expect_continue",
+        "head",
+        "keep_alive",
+        "status",
+    )
+
+    def __init__(
+        self,
+        proto: HttpProtocol,
+        head: RequestHead,
+        keep_alive: bool,
+        expect_continue: bool,
+        content_length: int | None,
+    ) -> None:
+        self._proto = proto
+        self.head = head
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.content_length = content_length
+        self.status = 0
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._received = 0
+        self._body_done = False
+        self._body_error: RequestBodyError | None = None
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._disc_waiter: asyncio.Future[None] | None = None
+        self._discard = False
+        self._head_sent = False
+        self._pending_head: bytes | None = None
+        self._finished = False
+        self._framing = _NONE
+        self._remaining = 0
+        self._no_body = False
+
+    # Request body: the connection's side --------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Body bytes parsed for this request (called by the connection)."""
+        self._received += len(data)
+        if self._discard:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._wake_body()
+
+    def finish(self) -> None:
+        """The request body is complete."""
+        self._body_done = True
+        self._wake_body()
+
+    def fail(self, error: RequestBodyError) -> None:
+        """The body turned out invalid or too large; the next ``receive`` raises."""
+        self._body_error = error
+        self.keep_alive = False
+        self._wake_body()
+
+    def discard_rest(self) -> None:
+        """The response is done but the body is not: drop what is left of it."""
+        self._discard = True
+        self._chunks.clear()
+        self._buffered = 0
+
+    def disconnected(self) -> None:
+        """The client left: wake everything that waits on it."""
+        self._wake_body()
+        self._wake_disconnect()
+
+    def _wake_body(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None:
+            self._body_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_disconnect(self) -> None:
+        waiter = self._disc_waiter
+        if waiter is not None:
+            self._disc_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    @property
+    def body_complete(self) -> bool:
+        return self._body_done
+
+    @property
+    def finished(self) -> bool:
+        """The response is complete (ended, aborted or answered with an error)."""
+        return self._finished
+
+    # Request body: the adapter's side ------------------------------------
+
+    async def receive(self) -> bytes:
+        proto = self._proto
+        while True:
+            if self._body_error is not None:
+                raise self._body_error
+            chunks = self._chunks
+            if chunks:
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
+                if proto.reading_paused:
+                    proto.update_reading()
+                return data
+            if self._body_done:
+                return b""
+            if proto.closed:
+                raise ClientDisconnected("client disconnected")
+            if self.expect_continue:
+                self.expect_continue = False
+                if not self._head_sent:
+                    proto.write(_CONTINUE)
+            waiter = self._body_waiter = proto.loop.create_future()
+            await waiter
+
+    async def wait_disconnect(self) -> None:
+        """Return once the client is gone, or the response is complete.
+
+        After the response nothing more can reach the app, which is what ASGI's
+        ``http.disconnect`` means there.
+        """
+        if self._proto.closed or self._finished:
+            return
+        waiter = self._disc_waiter
+        if waiter is None:
+            waiter = self._disc_waiter = self._proto.loop.create_future()
+        await asyncio.shield(waiter)
+
+    # Response ------------------------------------------------------------
+
+    @property
+    def headers_sent(self) -> bool:
+        return self._head_sent
+
+    async def send_head(self, status: int, headers: Headers) -> None:
+        if self._head_sent:
+            raise RuntimeError("response head already sent")
+        if self._proto.closed:
+            raise ClientDisconnected("client disconnected")
+        self._pending_head = self._build_head(status, headers)
+        self._head_sent = True
+        self.status = status
+        self._proto.loop.call_soon(self._flush_head)
+
+    def _build_head(self, status: int, headers: Headers) -> bytes:
+        if type(status) is not int or not 200 <= status <= 599:
+            raise ValueError(f"invalid response status {status!r}")
+        proto = self._proto
+        state = proto.state
+        parts = [STATUS_LINES[status]]
+        append = parts.append
+        length: int | None = None
+        close = False
+        server_line = state.server_line
+        date_line = state.date_line
+        token = _TOKEN.fullmatch
+        bad = _BAD_VALUE.search
+        for name, value in headers:
+            if not token(name) or bad(value):
+                raise ValueError(f"invalid response header {name!r}: {value!r}")
+            lname = name.lower()
+            if lname == b"content-length":
+                value = value.strip()
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    raise ValueError(f"invalid content-length {value!r}")
+                length = int(value)
+            elif lname == b"connection":
+                if b"close" in value.lower():
+                    close = True
+                continue  # ours decides
+            elif lname == b"transfer-encoding":
+                continue  # we frame the body ourselves
+            elif lname == b"server":
+                server_line = b""
+            elif lname == b"date":
+                date_line = b""
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+        head = self.head
+        version_10 = head.http_version == "1.0"
+        if status in (204, 304) or head.method == "HEAD":
+            self._no_body = True
+            self._framing = _NONE
+            if length is not None and status != 204:
+                append(b"content-length: %d\r\n" % length)
+        elif length is not None:
+            self._framing = _LENGTH
+            self._remaining = length
+            append(b"content-length: %d\r\n" % length)
+        elif version_10:
+            self._framing = _CLOSE
+            close = True
+        else:
+            self._framing = _CHUNKED
+            append(b"transfer-encoding: chunked\r\n")
+        if not self._body_done and self._body_error is None:
+            # Keep the connection only if what is left of the body is small and coming.
+            cl = self.content_length
+            if self.expect_continue or cl is None or cl - self._received > _KEEP_ALIVE_UNREAD:
+                close = True
+        keep = self.keep_alive and not close and not state.draining
+        self.keep_alive = keep
+        if not keep:
+            append(b"connection: close\r\n")
+        elif version_10:
+            append(b"connection: keep-alive\r\n")
+        append(server_line)
+        append(date_line)
+        append(b"\r\n")
+        return b"".join(parts)
+
+    def _flush_head(self) -> None:
+        head = self._pending_head
+        if head is not None:
+            self._pending_head = None
+            self._proto.write(head)
+
+    async def write(self, data: bytes) -> None:
+        if not self._head_sent:
+            raise RuntimeError("write() before send_head()")
+        if self._finished:
+            if self._proto.closed:
+                raise ClientDisconnected("client disconnected")
+            raise RuntimeError("write() after end()")
+        proto = self._proto
+        if proto.closed:
+            raise ClientDisconnected("client disconnected")
+        if not data or self._no_body:
+            return
+        size = len(data)
+        framing = self._framing
+        if framing == _LENGTH:
+            if size > self._remaining:
+                raise ValueError("response body longer than its content-length")
+            self._remaining -= size
+        head = self._pending_head
+        if head is not None:
+            self._pending_head = None
+        else:
+            head = b""
+        if framing == _CHUNKED:
+            if size < _BIG:
+                proto.write(b"%b%x\r\n%b\r\n" % (head, size, data))
+            else:
+                proto.write(b"%b%x\r\n" % (head, size))
+                proto.write(data)
+                proto.write(b"\r\n")
+        elif head and size < _BIG:
+            proto.write(head + data)
+        else:
+            if head:
+                proto.write(head)
+            proto.write(data)
+        if proto.writing_paused:
+            await proto.wait_writable()
+
+    async def sendfile(self, fd: int, offset: int, count: int | None) -> None:
+        if not self._head_sent:
+            raise RuntimeError("sendfile() before send_head()")
+        proto = self._proto
+        if proto.closed:
+            raise ClientDisconnected("client disconnected")
+        self._flush_head()
+        if self._no_body:
+            return
+        if count is None:
+            count = max(0, os.fstat(fd).st_size - offset)
+        if count == 0:
+            return
+        if self._framing == _LENGTH:
+            if count > self._remaining:
+                raise ValueError("response body longer than its content-length")
+            self._remaining -= count
+        chunked = self._framing == _CHUNKED
+        if chunked:
+            proto.write(b"%x\r\n" % count)
+        await proto.sendfile(fd, offset, count)
+        if chunked:
+            proto.write(b"\r\n")
+
+    async def end(self) -> None:
+        if self._finished:
+            return
+        if not self._head_sent:
+            raise RuntimeError("end() before send_head()")
+        proto = self._proto
+        head = self._pending_head
+        self._pending_head = None
+        out = head or b""
+        if self._framing == _CHUNKED:
+            out += _LAST_CHUNK
+        elif self._framing == _LENGTH and self._remaining:
+            # The app promised more than it sent: the client can only tell by the close.
+            self.keep_alive = False
+        if out and not proto.closed:
+            proto.write(out)
+        self._complete()
+
+    def abort(self) -> None:
+        if self._finished:
+            return
+        self._pending_head = None
+        self.keep_alive = False
+        self._complete()
+
+    def respond_error(self, status: int, reason: str = "") -> None:
+        """Answer with a plain error and close (nothing of a response was sent yet)."""
+        if self._finished:
+            return
+        self.status = status
+        self.keep_alive = False
+        self._head_sent = True
+        proto = self._proto
+        if not proto.closed:
+            proto.write(proto.state.error_response(status, reason))
+        self._complete()
+
+    def _complete(self) -> None:
+        self._finished = True
+        self._wake_disconnect()
+        self._proto.response_done(self)

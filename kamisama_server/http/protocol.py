@@ -1,0 +1,560 @@
+"""One HTTP/1.1 connection: httptools parses, we enforce issue 3's rules, exchanges answer.
+
+The hot path is ``data_received`` -> httptools callbacks -> ``HttpExchange``:
+no per-request objects beyond the head, the exchange and its handler task.
+httptools (llhttp) already rejects most malformed input; what it lets through
+and issue 3 forbids (HTTP/0.9, HTTP/2.0 lines, chunked on HTTP/1.0, endless
+request lines and headers) is checked here.
+
+Requests are answered strictly in order: one handler runs per connection, the
+requests pipelined behind it wait in ``pipeline`` (their bodies buffered up to
+a high-water mark, then we stop reading).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from typing import Any
+
+import httptools
+
+from .exchange import ClientDisconnected, RequestBodyError, RequestBodyTooLarge, RequestHead
+from .exchange_impl import HttpExchange
+from .state import EngineState, access_log, error_log
+
+# What the per-connection timer is waiting for.
+_NO_TIMER, _IDLE, _HEAD = 0, 1, 2
+
+_METHODS = {
+    m.encode(): m
+    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+}
+_LINGER = 2.0  # seconds we keep reading (and dropping) after an error before closing
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback: answer ``status`` and stop parsing."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class HttpProtocol(asyncio.Protocol):
+    """The engine's side of one client connection."""
+
+    def __init__(self, state: EngineState) -> None:
+        self.state = state
+        self.config = config = state.config
+        loop = state.loop
+        assert loop is not None, "EngineState.loop is set by HttpServer.start()"
+        self.loop = loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.scheme = "https" if config.ssl is not None else "http"
+        self.closed = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self._write_waiters: list[asyncio.Future[None]] = []
+        # The exchange whose handler runs, the ones parsed behind it, the one being fed a body.
+        self.exchange: HttpExchange | None = None
+        self.pipeline: deque[HttpExchange] = deque()
+        self.parsing: HttpExchange | None = None
+        self.requests = 0
+        # Parser state for the request being parsed.
+        self._eof = False
+        self._dead = False  # parser stopped (error, upgrade, linger): drop further bytes
+        self._pending_error: tuple[int, str] | None = None
+        self._in_head = True
+        self._mid_head = False
+        self._head_bytes = 0
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._content_length: int | None = None
+        self._chunked = False
+        self._expect = False
+        self._upgrade: bytes | None = None
+        self._ws_request: tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None = None
+        # Timer, checked by HttpServer's ticker.
+        self.timer = _HEAD
+        self.deadline = loop.time() + config.header_timeout
+        self._max_head = config.max_head_bytes
+
+    # asyncio.Protocol -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.state.connections.add(self)
+        self.client = _address(transport.get_extra_info("peername"))
+        self.server = _address(transport.get_extra_info("sockname"))
+        if self.state.draining:
+            self.deadline = min(self.deadline, self.loop.time() + self.config.drain_fresh_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.timer = _NO_TIMER
+        state = self.state
+        state.connections.discard(self)
+        for waiter in self._write_waiters:
+            if not waiter.done():
+                waiter.set_exception(ClientDisconnected("client disconnected"))
+        self._write_waiters.clear()
+        if self.exchange is not None:
+            self.exchange.disconnected()
+        if self.parsing is not None and self.parsing is not self.exchange:
+            self.parsing.disconnected()
+        self.pipeline.clear()
+        state.check_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self._dead:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade(data[exc.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._on_bad_input(cause.status, cause.reason)
+            else:
+                error_log.error("HTTP parser callback failed", exc_info=cause)
+                self._on_bad_input(500, "Internal Server Error")
+        except httptools.HttpParserError as exc:
+            message = str(exc)
+            status = 505 if message == "Invalid HTTP version" else 400
+            self._on_bad_input(status, message)
+        else:
+            if self._in_head and self._head_bytes > self._max_head:
+                self._on_bad_input(431, "Request Header Fields Too Large")
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: answer what it sent, then close.
+        self._eof = True
+        if self.exchange is None and not self.pipeline:
+            self._close()
+        return True
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        waiters, self._write_waiters = self._write_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # httptools callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._mid_head = True
+        self._url = b""
+        self._headers = []
+        self._content_length = None
+        self._chunked = False
+        self._expect = False
+        self._upgrade = None
+        if self.timer == _IDLE:
+            self.timer = _HEAD
+            self.deadline = self.loop.time() + self.config.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        limit = self.config.limit_request_line
+        if limit and len(self._url) > limit:
+            raise _Reject(414, "Request-URI Too Long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        config = self.config
+        headers = self._headers
+        if config.limit_request_fields and len(headers) >= config.limit_request_fields:
+            raise _Reject(431, "Too many request header fields")
+        size = config.limit_request_field_size
+        if size and len(name) + len(value) + 2 > size:
+            raise _Reject(431, "Request header field too large")
+        if value and value[-1] in (9, 32):
+            value = value.rstrip(b" \t")
+        name = name.lower()
+        if name == b"content-length":
+            self._content_length = int(value)  # llhttp validated the digits
+        elif name == b"transfer-encoding":
+            self._chunked = True
+        elif name == b"expect":
+            self._expect = value.lower() == b"100-continue"
+        elif name == b"upgrade":
+            self._upgrade = value
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._mid_head = False
+        self._head_bytes = 0
+        parser = self.parser
+        config = self.config
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            if version == "0.9":
+                raise _Reject(400, "HTTP/0.9 is not supported")
+            raise _Reject(505, "HTTP Version Not Supported")
+        if self._chunked and version == "1.0":
+            raise _Reject(400, "Transfer-Encoding on HTTP/1.0")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        url = self._url
+        limit = config.limit_request_line
+        if limit and len(raw_method) + len(url) + 10 > limit:
+            raise _Reject(414, "Request-URI Too Long")
+        length = self._content_length
+        body_limit = config.limit_request_body
+        if length is not None and body_limit is not None and length > body_limit:
+            raise _Reject(413, "Content Too Large")
+        if url[:1] == b"/":
+            path, _, query = url.partition(b"?")
+        elif url == b"*" or method == "CONNECT":
+            path, query = url, b""
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _Reject(400, "Invalid request target") from None
+            path, query = parsed.path or b"/", parsed.query or b""
+        headers = self._headers
+        client, scheme = self.client, self.scheme
+        proxies = self.state.proxies
+        if proxies is not None:
+            client, scheme = proxies.apply(headers, client, scheme)
+        head = RequestHead(
+            method, path, query, version, headers, scheme, client, self.server, config.root_path
+        )
+        keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade():
+            upgrade = self._upgrade
+            websocket = self.state.websocket
+            if (
+                upgrade is not None
+                and upgrade.lower() == b"websocket"
+                and websocket is not None
+                and self.exchange is None
+                and not self.pipeline
+                and not self.state.draining
+            ):
+                self._ws_request = (raw_method, url, headers)
+                self.timer = _NO_TIMER
+                return
+            keep_alive = False  # bytes after this head are not HTTP we can parse
+        exchange = HttpExchange(self, head, keep_alive, self._expect, length)
+        self.parsing = exchange
+        self.timer = _NO_TIMER
+        if self.exchange is None:
+            self._start(exchange)
+        else:
+            self.pipeline.append(exchange)
+            if len(self.pipeline) >= config.pipeline_depth:
+                self.update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.parsing
+        if exchange is None:
+            return
+        exchange.feed(body)
+        limit = self.config.limit_request_body
+        if limit is not None and exchange._received > limit:
+            raise _Reject(413, "Content Too Large")
+        if exchange.buffered >= self.config.body_high_water and not self.reading_paused:
+            self.update_reading()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        exchange = self.parsing
+        if exchange is not None:
+            self.parsing = None
+            exchange.finish()
+            if exchange.finished and not self.closed:
+                # Its response went out before the body was read to its end.
+                self.update_reading()
+
+    # Serving ------------------------------------------------------------------
+
+    def _start(self, exchange: HttpExchange) -> None:
+        state = self.state
+        self.exchange = exchange
+        limit = self.config.limit_concurrency
+        if limit is not None and state.inflight >= limit:
+            exchange.respond_error(503, "Service Unavailable")
+            return
+        state.inflight += 1
+        task = self.loop.create_task(self._serve(exchange))
+        state.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        state = self.state
+        state.tasks.discard(task)
+        state.check_idle()
+
+    async def _serve(self, exchange: HttpExchange) -> None:
+        """Run the app's handler; make sure a response (or a close) follows."""
+        try:
+            await self.state.handler(exchange)
+        except ClientDisconnected:
+            exchange.abort()
+        except RequestBodyError as exc:
+            if exchange.headers_sent:
+                exchange.abort()
+            else:
+                exchange.respond_error(exc.status, str(exc) or "")
+        except asyncio.CancelledError:
+            exchange.abort()
+            raise
+        except Exception:
+            if not self.closed:
+                error_log.exception(
+                    "Exception in app for %s %s", exchange.head.method, exchange.head.raw_path
+                )
+            if exchange.headers_sent:
+                exchange.abort()
+            else:
+                exchange.respond_error(500, "Internal Server Error")
+        else:
+            if not exchange.finished:
+                if self.closed:
+                    exchange.abort()
+                elif exchange.headers_sent:
+                    error_log.error("App returned without completing its response; closing")
+                    exchange.abort()
+                else:
+                    error_log.error("App returned without sending a response")
+                    exchange.respond_error(500, "Internal Server Error")
+        finally:
+            self.state.inflight -= 1
+
+    def response_done(self, exchange: HttpExchange) -> None:
+        """The exchange's response is complete: log, then serve the next or close."""
+        state = self.state
+        state.total_requests += 1
+        self.requests += 1
+        if self.config.access_log and access_log.isEnabledFor(logging.INFO):
+            head = exchange.head
+            query = b"?" + head.query_string if head.query_string else b""
+            access_log.info(
+                '%s - "%s %s HTTP/%s" %d',
+                _peer(head.client),
+                head.method,
+                (head.raw_path + query).decode("latin-1"),
+                head.http_version,
+                exchange.status,
+            )
+        if self.exchange is exchange:
+            self.exchange = None
+        if self.closed:
+            return
+        if not exchange.keep_alive:
+            self._close(linger=not exchange.body_complete)
+            return
+        if not exchange.body_complete:
+            exchange.discard_rest()
+        if self.pipeline:
+            self._start(self.pipeline.popleft())
+            self.update_reading()
+            return
+        if self._pending_error is not None:
+            status, reason = self._pending_error
+            self._send_error(status, reason)
+            return
+        if self._mid_head:
+            self.timer = _HEAD
+            self.deadline = self.loop.time() + self.config.header_timeout
+        elif state.draining or self._eof:
+            self._close()
+            return
+        else:
+            self.timer = _IDLE
+            self.deadline = self.loop.time() + self.config.keep_alive
+        if self.reading_paused:
+            self.update_reading()
+
+    # Bad input, upgrade, timers, drain ------------------------------------------
+
+    def _on_bad_input(self, status: int, reason: str) -> None:
+        self._dead = True
+        exchange = self.parsing
+        if exchange is not None:
+            # The error is in this request's body: its reader gets it (400/413 or a close).
+            self.parsing = None
+            exchange.fail(
+                RequestBodyTooLarge(reason) if status == 413 else RequestBodyError(reason)
+            )
+            if exchange.finished:
+                self._close(linger=True)
+            elif self.reading_paused:
+                self.update_reading()
+            return
+        if self.exchange is None:
+            self._send_error(status, reason)
+        else:
+            self._pending_error = (status, reason)
+
+    def _send_error(self, status: int, reason: str) -> None:
+        self.state.total_requests += 1
+        if status >= 500 or status == 408:
+            error_log.info("%s answered %d: %s", _peer(self.client), status, reason)
+        else:
+            error_log.debug("%s answered %d: %s", _peer(self.client), status, reason)
+        self.write(self.state.error_response(status, reason))
+        self._close(linger=True)
+
+    def _on_upgrade(self, rest: bytes) -> None:
+        self._dead = True  # no more HTTP/1.1 on this connection
+        request = self._ws_request
+        websocket = self.state.websocket
+        transport = self.transport
+        if request is None or websocket is None or transport is None:
+            return  # served as a plain request whose response closes the connection
+        self._ws_request = None
+        method, url, headers = request
+        parts = [method, b" ", url, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        parts.append(rest)
+        # From here on the connection is the WebSocket protocol's, not ours.
+        self.closed = True
+        self.timer = _NO_TIMER
+        self.state.connections.discard(self)
+        self.state.check_idle()
+        protocol = websocket.protocol()
+        protocol.connection_made(transport)
+        protocol.data_received(b"".join(parts))
+        transport.set_protocol(protocol)
+
+    def check_timer(self, now: float) -> None:
+        """Called by the server's ticker: enforce header and keep-alive timeouts."""
+        timer = self.timer
+        if timer == _NO_TIMER or now < self.deadline or self.closed:
+            return
+        self.timer = _NO_TIMER
+        if timer == _HEAD and self._mid_head and self.exchange is None:
+            self._dead = True
+            self._send_error(408, "Request Timeout")
+        else:
+            self._close()
+
+    def drain(self) -> None:
+        """The worker is shutting down: close when idle, else after the current response."""
+        if self.closed:
+            return
+        if self.exchange is not None or self.pipeline or self._mid_head:
+            return  # its response will carry ``connection: close``
+        if self.requests == 0:
+            # Accepted but silent so far: its first request is probably on the way.
+            self.deadline = min(self.deadline, self.loop.time() + self.config.drain_fresh_timeout)
+            return
+        # Idle keep-alive: a request may already be in flight; give it a moment.
+        self.timer = _IDLE
+        self.deadline = min(self.deadline, self.loop.time() + self.config.drain_idle_grace)
+
+    def force_close(self) -> None:
+        """Drain timed out: drop the connection now."""
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    # Transport helpers ---------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+
+    async def wait_writable(self) -> None:
+        if self.closed:
+            raise ClientDisconnected("client disconnected")
+        if not self.writing_paused:
+            return
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._write_waiters.append(waiter)
+        await waiter
+
+    async def sendfile(self, fd: int, offset: int, count: int) -> None:
+        """Send a file's bytes; ``os.sendfile`` via the loop where it can, else pread."""
+        transport = self.transport
+        if transport is None or self.closed:
+            raise ClientDisconnected("client disconnected")
+        sendfile = getattr(self.loop, "sendfile", None)
+        if sendfile is not None and self.config.ssl is None:
+            with os.fdopen(os.dup(fd), "rb") as file:
+                try:
+                    await sendfile(transport, file, offset, count, fallback=True)
+                    return
+                except NotImplementedError:
+                    pass
+                except (ConnectionError, RuntimeError) as exc:
+                    if self.closed or transport.is_closing():
+                        raise ClientDisconnected("client disconnected") from exc
+                    raise
+        end = offset + count
+        while offset < end:
+            data = os.pread(fd, min(256 * 1024, end - offset), offset)
+            if not data:
+                raise ValueError("file shorter than the count to send")
+            offset += len(data)
+            self.write(data)
+            await self.wait_writable()
+
+    def update_reading(self) -> None:
+        """Pause reading while bodies or pipelined requests pile up; resume when drained."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        parsing = self.parsing
+        pause = not self._dead and (
+            len(self.pipeline) >= self.config.pipeline_depth
+            or (parsing is not None and parsing.buffered >= self.config.body_high_water)
+        )
+        if pause and not self.reading_paused:
+            self.reading_paused = True
+            transport.pause_reading()
+        elif not pause and self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+
+    def _close(self, linger: bool = False) -> None:
+        """Close; with ``linger``, first half-close and drop input for a while.
+
+        Closing a socket with unread input makes the kernel send RST, which can
+        destroy the error response before the client reads it.
+        """
+        transport = self.transport
+        if transport is None or self.closed or transport.is_closing():
+            return
+        self.timer = _NO_TIMER
+        if linger and transport.can_write_eof():
+            self._dead = True
+            if self.reading_paused:
+                self.reading_paused = False
+                transport.resume_reading()
+            transport.write_eof()
+            self.loop.call_later(_LINGER, transport.close)
+        else:
+            transport.close()
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "-"

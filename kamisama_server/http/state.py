@@ -1,0 +1,108 @@
+"""What every connection of one worker shares: config, handler, counters, cached bytes.
+
+Owned by ``HttpServer``; read on the hot path by ``HttpProtocol`` and
+``HttpExchange``, so the bytes they stamp on every response (status lines,
+``server``/``date`` headers) are built here once, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Protocol
+
+from .config import HttpConfig
+from .exchange import AppHandler
+from .proxy import TrustedProxies
+
+if TYPE_CHECKING:
+    from .protocol import HttpProtocol
+
+error_log = logging.getLogger("kamisama.http")
+access_log = logging.getLogger("kamisama.access")
+
+
+class WebSocketSupport(Protocol):
+    """What the engine needs to hand an ``Upgrade: websocket`` connection over."""
+
+    def protocol(self) -> asyncio.Protocol:
+        """A fresh protocol that will receive the request head and then the transport."""
+
+    async def shutdown(self) -> None:
+        """Ask every open WebSocket to close (drain); return when they have."""
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("latin-1"))
+
+
+STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+
+
+class EngineState:
+    """Shared by all connections of one ``HttpServer``."""
+
+    def __init__(
+        self,
+        handler: AppHandler,
+        config: HttpConfig,
+        websocket: WebSocketSupport | None = None,
+    ) -> None:
+        self.handler = handler
+        self.config = config
+        self.websocket = websocket
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.connections: set[HttpProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.inflight = 0
+        self.total_requests = 0
+        self.draining = False
+        self.proxies = TrustedProxies(config.forwarded_allow_ips) if config.proxy_headers else None
+        self.server_line = (
+            b"server: " + config.server_name.encode("latin-1") + b"\r\n"
+            if config.server_header
+            else b""
+        )
+        self.date_line = b""
+        self.default_headers = b""
+        self.refresh_date()
+        self._idle: asyncio.Event | None = None
+
+    def refresh_date(self) -> None:
+        """Called about once a second: the ``date`` header all responses share."""
+        if self.config.date_header:
+            self.date_line = b"date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
+        self.default_headers = self.server_line + self.date_line
+
+    def error_response(self, status: int, reason: str = "") -> bytes:
+        """A complete plain-text response that closes the connection."""
+        body = (reason or STATUS_LINES[status][13:-2].decode("latin-1") or str(status)).encode()
+        return b"".join(
+            (
+                STATUS_LINES[status],
+                b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body),
+                b"connection: close\r\n",
+                self.default_headers,
+                b"\r\n",
+                body,
+            )
+        )
+
+    # Drain bookkeeping -------------------------------------------------
+
+    def idle_event(self) -> asyncio.Event:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        self.check_idle()
+        return self._idle
+
+    def check_idle(self) -> None:
+        """Wake ``drain()`` once no connection and no handler task is left."""
+        if self._idle is not None and not self.connections and not self.tasks:
+            self._idle.set()
