@@ -381,7 +381,8 @@ def _bind_unix(spec: BindSpec, backlog: int) -> tuple[socket.socket, _UnixFile |
     if abstract:
         return _finish(sock), None
     st = os.stat(spec.path)
-    return _finish(sock), _UnixFile(spec.path, st.st_dev, st.st_ino)
+    # absolute: the app may chdir before the master removes the file at exit
+    return _finish(sock), _UnixFile(os.path.abspath(spec.path), st.st_dev, st.st_ino)
 
 
 def _remove_stale_unix_file(address: str, path: str) -> None:

@@ -524,3 +524,18 @@ def test_a_failed_bind_leaves_nothing_bound(mode: str, tmp_path: Path) -> None:
     with socket.socket() as again:  # would fail if any socket on it were still open
         again.bind(("127.0.0.1", free))
         again.listen()
+
+
+def test_relative_unix_path_is_removed_even_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    listeners = bind_listeners(["unix:rel.sock"])
+    try:
+        assert (tmp_path / "run" / "rel.sock").is_socket()
+        monkeypatch.chdir(tmp_path / "elsewhere")
+    finally:
+        listeners.close()
+    assert not (tmp_path / "run" / "rel.sock").exists()
