@@ -1,0 +1,81 @@
+"""Readiness: a server is ready when N distinct worker pids have answered GET /pid.
+
+The same probe is used for every contender (no log-line parsing), so startup times compare.
+Bursts of concurrent connections spread over the workers, so a ready worker shows up within
+a burst or two (a bias of a few milliseconds, the same for everyone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .http1 import get
+from .procs import Server
+
+
+class StartFailed(Exception):
+    """The server exited or did not become ready in time; the message says why."""
+
+
+async def _burst(port: int, size: int, timeout: float) -> tuple[set[int], bool]:
+    """Fire `size` concurrent GET /pid; return the pids seen and whether any got an answer."""
+    results = await asyncio.gather(
+        *(get(port, "/pid", timeout) for _ in range(size)), return_exceptions=True
+    )
+    pids: set[int] = set()
+    answered = False
+    for result in results:
+        if isinstance(result, BaseException):
+            continue
+        answered = True
+        if result.status == 200 and result.body.strip().isdigit():
+            pids.add(int(result.body))
+    return pids, answered
+
+
+async def _wait_workers(server: Server, workers: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    pids: set[int] = set()
+    for _ in range(100_000):
+        if not server.alive():
+            raise StartFailed(f"exited with code {server.proc.returncode} before it was ready")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StartFailed(f"not ready within {timeout:.0f} s ({len(pids)}/{workers} workers)")
+        seen, answered = await _burst(server.port, 2 * workers, min(left, 5.0))
+        pids |= seen
+        if len(pids) >= workers:
+            return time.perf_counter() - server.started_at
+        if not answered:
+            await asyncio.sleep(0.005)
+    raise StartFailed("probe loop exhausted")
+
+
+async def _wait_answer(server: Server, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    for _ in range(100_000):
+        if not server.alive():
+            raise StartFailed(f"exited with code {server.proc.returncode} before it was ready")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StartFailed(f"no answer within {timeout:.0f} s")
+        try:
+            response = await get(server.port, "/", min(left, 2.0))
+        except (OSError, asyncio.TimeoutError, Exception):
+            await asyncio.sleep(0.01)
+            continue
+        if response.status == 200:
+            return time.perf_counter() - server.started_at
+        raise StartFailed(f"GET / answered {response.status}")
+    raise StartFailed("probe loop exhausted")
+
+
+def wait_workers(server: Server, workers: int, timeout: float) -> float:
+    """Seconds from launch until `workers` distinct pids answered; raises StartFailed."""
+    return asyncio.run(_wait_workers(server, workers, timeout))
+
+
+def wait_answer(server: Server, timeout: float) -> float:
+    """Seconds from launch until GET / answered 200 (for servers without /pid: nginx)."""
+    return asyncio.run(_wait_answer(server, timeout))

@@ -1,0 +1,82 @@
+"""Medians over rounds, and the reference peer each figure is compared with."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from .contenders import CONTENDERS, THROUGHPUT_REFERENCE
+
+Row = dict[str, Any]
+
+
+def label(key: str) -> str:
+    if key == "nginx":
+        return "nginx (static return)"
+    return CONTENDERS[key].label if key in CONTENDERS else key
+
+
+def medians(
+    rows: list[Row], keys: tuple[str, ...], fields: tuple[str, ...]
+) -> dict[tuple[Any, ...], Row]:
+    """Group rows by `keys`; each field becomes its median (None values skipped), plus 'n'
+    (rounds), and min/max of the first field."""
+    groups: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[k] for k in keys)].append(row)
+    out: dict[tuple[Any, ...], Row] = {}
+    for group_key, group in groups.items():
+        merged: Row = dict(zip(keys, group_key, strict=True))
+        for name in fields:
+            values = [r[name] for r in group if r.get(name) is not None]
+            merged[name] = statistics.median(values) if values else None
+        first = [r[fields[0]] for r in group if r.get(fields[0]) is not None]
+        merged["min"], merged["max"] = (min(first), max(first)) if first else (None, None)
+        merged["n"] = len(group)
+        out[group_key] = merged
+    return out
+
+
+THROUGHPUT_FIELDS = (
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "cpu_us_per_req",
+    "other_cores",
+    "socket_errors",
+    "non_2xx",
+)
+
+
+def throughput_table(rows: list[Row]) -> dict[tuple[Any, ...], Row]:
+    return medians(rows, ("app", "contender"), THROUGHPUT_FIELDS)
+
+
+def reference(app: str, table: dict[tuple[Any, ...], Row]) -> str | None:
+    """The peer an app's ratios are taken against: a fixed one, or the fastest peer."""
+    wanted = THROUGHPUT_REFERENCE.get(app)
+    if wanted and wanted != "best" and (app, wanted) in table:
+        return wanted
+    peers = [
+        (row["rps"], key)
+        for (a, key), row in table.items()
+        if a == app and key in CONTENDERS and not CONTENDERS[key].ours and row["rps"]
+    ]
+    return max(peers)[1] if peers else None
+
+
+def ratio(value: float | None, ref: float | None) -> float | None:
+    if value is None or not ref:
+        return None
+    return value / ref
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"

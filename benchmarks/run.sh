@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One command for the benchmark suite:  bash benchmarks/run.sh [--quick|--smoke]
+# Creates benchmarks/.venv (peers + this project, editable), installs wrk and nginx with
+# apt-get when missing, then runs benchmarks/run.py with the same arguments.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+venv="$here/.venv"
+python="${PYTHON:-python3}"
+
+need_apt=()
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    echo "[bench] installing ${need_apt[*]} with apt-get" >&2
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+stamp="$venv/.installed"
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+# Reinstall when the requirements or the project's metadata changed.
+want="$(cat "$here/requirements.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "[bench] installing the peers into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet -r "$here/requirements.txt" -e "$root"
+    echo "$want" > "$stamp"
+fi
+exec "$venv/bin/python" "$here/run.py" "$@"
