@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -74,6 +75,13 @@ BAD_HEADS = {
         b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 20 + b"\r\n\r\n",
         400,
     ),
+    "duplicate_host": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: evil\r\n\r\n", 400),
+    "asterisk_target_not_options": (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    "forbidden_trailer": (
+        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1\r\na\r\n0\r\nHost: evil\r\n\r\n",
+        400,
+    ),
     "content_length_over_limit": (b"POST /echo HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", 413),
     "chunked_body_over_limit": (
         b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -140,6 +148,15 @@ def test_body_error_while_app_reads_gives_400(server: BackgroundServer) -> None:
         assert reader.response().status == 400
         assert reader.closed()
     assert good_request(server.port).status == 200
+
+
+def test_half_closed_incomplete_head_gets_400(server: BackgroundServer) -> None:
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /ok HTTP/1.1\r\nHost: t\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        reader = Reader(sock)
+        assert reader.response().status == 400
+        assert reader.closed()
 
 
 def test_http10_request_without_host_is_served(server: BackgroundServer) -> None:

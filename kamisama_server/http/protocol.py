@@ -32,6 +32,22 @@ _METHODS = {
     m.encode(): m
     for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
 }
+# Headers we look at while parsing; the last two must not appear twice (RFC 9112 3.2).
+_SINGLE = frozenset(
+    (b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"host", b"content-type")
+)
+_FORBIDDEN_TRAILERS = frozenset(
+    (
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"expect",
+        b"trailer",
+        b"te",
+        b"upgrade",
+    )
+)
 _LINGER = 2.0  # seconds we keep reading (and dropping) after an error before closing
 
 
@@ -80,6 +96,8 @@ class HttpProtocol(asyncio.Protocol):
         self._chunked = False
         self._expect = False
         self._upgrade: bytes | None = None
+        self._host_seen = False
+        self._type_seen = False
         self._ws_request: tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None = None
         # Timer, checked by HttpServer's ticker.
         self.timer = _HEAD
@@ -142,7 +160,12 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # The client half-closed: answer what it sent, then close.
         self._eof = True
-        if self.exchange is None and not self.pipeline:
+        if not self._dead:
+            if self.parsing is not None:
+                self._on_bad_input(400, "Request body incomplete")
+            elif self._mid_head:
+                self._on_bad_input(400, "Request head incomplete")
+        if self.exchange is None and not self.pipeline and not self.closed:
             self._close()
         return True
 
@@ -166,6 +189,8 @@ class HttpProtocol(asyncio.Protocol):
         self._chunked = False
         self._expect = False
         self._upgrade = None
+        self._host_seen = False
+        self._type_seen = False
         if self.timer == _IDLE:
             self.timer = _HEAD
             self.deadline = self.loop.time() + self.config.header_timeout
@@ -177,25 +202,43 @@ class HttpProtocol(asyncio.Protocol):
             raise _Reject(414, "Request-URI Too Long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._mid_head:
+            self._on_trailer(name)
+            return
         config = self.config
         headers = self._headers
         if config.limit_request_fields and len(headers) >= config.limit_request_fields:
             raise _Reject(431, "Too many request header fields")
         size = config.limit_request_field_size
-        if size and len(name) + len(value) + 2 > size:
+        # The field line as sent: name ": " value CRLF (gunicorn's measure).
+        if size and len(name) + len(value) + 4 > size:
             raise _Reject(431, "Request header field too large")
         if value and value[-1] in (9, 32):
             value = value.rstrip(b" \t")
         name = name.lower()
-        if name == b"content-length":
-            self._content_length = int(value)  # llhttp validated the digits
-        elif name == b"transfer-encoding":
-            self._chunked = True
-        elif name == b"expect":
-            self._expect = value.lower() == b"100-continue"
-        elif name == b"upgrade":
-            self._upgrade = value
+        if name in _SINGLE:
+            if name == b"content-length":
+                self._content_length = int(value)  # llhttp validated the digits
+            elif name == b"transfer-encoding":
+                self._chunked = True
+            elif name == b"expect":
+                self._expect = value.lower() == b"100-continue"
+            elif name == b"upgrade":
+                self._upgrade = value
+            elif name == b"host":
+                if self._host_seen:
+                    raise _Reject(400, "Duplicate Host header")
+                self._host_seen = True
+            else:  # content-type
+                if self._type_seen:
+                    raise _Reject(400, "Duplicate Content-Type header")
+                self._type_seen = True
         headers.append((name, value))
+
+    def _on_trailer(self, name: bytes) -> None:
+        """Trailer fields are not passed on; those that could smuggle framing are refused."""
+        if name.lower() in _FORBIDDEN_TRAILERS:
+            raise _Reject(400, "Forbidden trailer field")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -222,7 +265,11 @@ class HttpProtocol(asyncio.Protocol):
             raise _Reject(413, "Content Too Large")
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
-        elif url == b"*" or method == "CONNECT":
+        elif url == b"*":
+            if method != "OPTIONS":
+                raise _Reject(400, "Request target * is only for OPTIONS")
+            path, query = url, b""
+        elif method == "CONNECT":
             path, query = url, b""
         else:
             try:

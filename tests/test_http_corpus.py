@@ -1,0 +1,94 @@
+"""gunicorn's raw-request corpus: invalid requests get a 4xx/5xx or a close, valid ones a 200.
+
+The corpus lives beside the checkout (``../shared/corpus/gunicorn``, see its
+README.md); it is data only and is never copied into the project.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from http_support import Reader, Response, connect, engine_app, good_request
+
+from kamisama_server.http.background import BackgroundServer
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "gunicorn"
+MANIFEST = CORPUS / "manifest.json"
+FILES: dict[str, dict[str, object]] = (
+    json.loads(MANIFEST.read_text())["files"] if MANIFEST.is_file() else {}
+)
+# Where we knowingly differ from gunicorn's verdict, and why: the answer we give instead.
+DEVIATIONS: dict[str, tuple[str, str]] = {
+    "invalid/006.http": ("served", "a 4112-byte request line: issue 3 sets the limit to 8190"),
+    "valid/009.http": ("rejected", "Transfer-Encoding with Content-Length is refused (smuggling)"),
+    "valid/013.http": ("rejected", "llhttp refuses whitespace inside chunk extensions"),
+    "valid/027.http": ("rejected", "llhttp refuses raw non-ASCII bytes in the request target"),
+    "valid/031.http": ("rejected", "llhttp knows a fixed set of methods, not any token"),
+    "valid/099.http": ("rejected", "the file holds 8599 of the 17914 body bytes it announces"),
+}
+_HEX = re.compile(rb"\\x([0-9a-fA-F]{2})")
+
+
+def decode(text: bytes) -> bytes:
+    """The corpus format: file line breaks are not data; escapes stand for bytes."""
+    data = text.replace(b"\n", b"")
+    data = data.replace(b"\\r\\n", b"\r\n").replace(b"\\0", b"\x00")
+    data = data.replace(b"\\n", b"\n").replace(b"\\t", b"\t")
+    return _HEX.sub(lambda m: bytes([int(m.group(1), 16)]), data)
+
+
+def exchange(port: int, data: bytes) -> tuple[list[Response], bool]:
+    """Send ``data``, half-close, collect every response until the server closes."""
+    responses: list[Response] = []
+    with connect(port, timeout=5) as sock:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reader = Reader(sock)
+        for _ in range(20):
+            try:
+                responses.append(reader.response())
+            except EOFError:
+                break
+            except (ConnectionResetError, TimeoutError):
+                return responses, False
+            if responses[-1].header("connection") == "close":
+                break
+        return responses, reader.closed(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[BackgroundServer]:
+    if not FILES:
+        pytest.skip(f"corpus not found at {CORPUS}")
+    with BackgroundServer(engine_app) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("name", sorted(FILES) or ["<no corpus>"])
+def test_corpus_request(server: BackgroundServer, name: str) -> None:
+    entry = FILES[name]
+    data = decode((CORPUS / name).read_bytes())
+    responses, closed = exchange(server.port, data)
+    statuses = [r.status for r in responses]
+    verdict = DEVIATIONS.get(name, ("", ""))[0]
+    if verdict == "served":
+        assert statuses and statuses[0] == 200, f"{name}: {statuses}"
+    elif verdict == "rejected":
+        assert closed and statuses and statuses[-1] >= 400, f"{name}: {statuses}"
+    elif entry["config_dependent"]:
+        # Judged leniently: an answer or a close, no hang; checked below by the good request.
+        assert closed, f"{name}: connection neither answered nor closed: {statuses}"
+    elif entry["kind"] == "valid":
+        assert statuses == [200] * int(str(entry["requests"])), f"{name}: {statuses}"
+    else:
+        assert closed, f"{name}: invalid request left the connection open"
+        assert not statuses or statuses[-1] >= 400, f"{name}: {statuses}"
+    assert good_request(server.port).status == 200
