@@ -77,13 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     registry = Registry(log_dir)
-    with registry.running():
-        bench = Bench(mode, registry, results)
-        log(f"mode {mode.name}; server logs in {log_dir}")
-        bench.check_ours()
-        bench.throughput()
-        bench.startup()
-        bench.loss()
+    try:
+        with registry.running():
+            bench = Bench(mode, registry, results)
+            log(f"mode {mode.name}; server logs in {log_dir}")
+            bench.check_ours()
+            bench.throughput()
+            bench.startup()
+            bench.loss()
+    except KeyboardInterrupt:
+        log("interrupted: every server started by this run has been stopped")
+        return 130
     results.meta["seconds"] = round(time.monotonic() - started, 1)
     results.meta["loadavg_end"] = os.getloadavg()
 

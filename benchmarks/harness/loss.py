@@ -8,7 +8,9 @@ during a rolling restart it is downtime, while after SIGTERM it is just "the ser
 - terminate: SIGTERM mid-load; each client stops at its first refused connect; the test
   ends when the whole process group has exited.
 - restart: the rolling-restart signal mid-load; the load goes on until as many new worker
-  pids as workers have answered (or a deadline), plus a short tail.
+  pids as workers have answered and no old worker has answered for OLD_QUIET_S (or until a
+  deadline: then "all workers replaced" is no; hypercorn's old workers, for instance, keep
+  serving their keep-alive connections), plus a short tail.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 
 from .http1 import HEAD_LIMIT, NoResponse, Truncated, read_response, request_bytes
 from .procs import Server
+
+OLD_QUIET_S = 0.5  # a restart is done when all new workers answered and no old one for this long
 
 
 @dataclass
@@ -45,6 +49,7 @@ class _Load:
     result: LossResult
     pids_before: set[int] = field(default_factory=set)
     pids_after: set[int] = field(default_factory=set)
+    last_old_answer: float = 0.0  # when a pre-signal worker last answered
     signalled: bool = False
     stop_on_refusal: bool = False
     in_flight: int = 0
@@ -80,7 +85,12 @@ async def _one_connection(load: _Load, timeout: float) -> bool:
             else:
                 load.result.ok += 1
                 pid = int(response.body) if response.body.strip().isdigit() else 0
-                (load.pids_after if load.signalled else load.pids_before).add(pid)
+                if not load.signalled:
+                    load.pids_before.add(pid)
+                elif pid in load.pids_before:
+                    load.last_old_answer = time.monotonic()
+                else:
+                    load.pids_after.add(pid)
             if response.close:
                 return True
     finally:
@@ -122,9 +132,12 @@ async def _scenario(
             if scenario == "terminate":
                 if server.gone():
                     break
-            elif len(load.pids_after - load.pids_before) >= workers:
+            elif (
+                len(load.pids_after) >= workers
+                and time.monotonic() - load.last_old_answer > OLD_QUIET_S
+            ):
                 result.restart_done = True
-                await asyncio.sleep(0.5)  # a tail: old workers are draining out now
+                await asyncio.sleep(0.3)  # a tail: the last old workers are exiting now
                 break
             await asyncio.sleep(0.02)
         else:

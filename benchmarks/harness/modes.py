@@ -13,7 +13,7 @@ class Mode:
     name: str
     rounds: int  # throughput rounds (round-robin over all cells each round)
     duration_s: int  # one wrk run (wrk takes whole seconds)
-    warmup_s: int  # one unrecorded wrk run per cell before round 1
+    warmup_requests: int  # unrecorded requests per cell before round 1
     wrk_threads: int
     connections: int
     workers: int  # workers per server for throughput and loss
@@ -32,7 +32,7 @@ FULL = Mode(
     name="full",
     rounds=5,
     duration_s=5,
-    warmup_s=2,
+    warmup_requests=5000,
     wrk_threads=2,
     connections=64,
     workers=2,
@@ -50,7 +50,7 @@ QUICK = Mode(
     name="quick",
     rounds=3,
     duration_s=1,
-    warmup_s=1,
+    warmup_requests=2000,
     wrk_threads=2,
     connections=64,
     workers=2,
@@ -68,7 +68,7 @@ SMOKE = Mode(
     name="smoke",
     rounds=1,
     duration_s=1,
-    warmup_s=0,
+    warmup_requests=100,
     wrk_threads=1,
     connections=8,
     workers=2,

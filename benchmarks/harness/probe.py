@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .http1 import get
+from .http1 import HEAD_LIMIT, get, read_response, request_bytes
 from .procs import Server
 
 
@@ -79,3 +79,34 @@ def wait_workers(server: Server, workers: int, timeout: float) -> float:
 def wait_answer(server: Server, timeout: float) -> float:
     """Seconds from launch until GET / answered 200 (for servers without /pid: nginx)."""
     return asyncio.run(_wait_answer(server, timeout))
+
+
+async def _warm(port: int, total: int, connections: int, timeout: float) -> int:
+    """`total` GET / over `connections` keep-alive connections; returns how many got 200."""
+    per_connection = max(1, total // connections)
+    request = request_bytes("/", port)
+
+    async def one() -> int:
+        ok = 0
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=HEAD_LIMIT)
+        try:
+            for _ in range(per_connection):
+                writer.write(request)
+                await writer.drain()
+                response = await read_response(reader)
+                ok += response.status == 200
+                if response.close:
+                    break
+        finally:
+            writer.close()
+        return ok
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(one() for _ in range(connections)), return_exceptions=True), timeout
+    )
+    return sum(r for r in results if isinstance(r, int))
+
+
+def warm_up(server: Server, total: int, connections: int = 8, timeout: float = 20.0) -> int:
+    """Unrecorded requests before the first measured round (imports, lazy init, caches)."""
+    return asyncio.run(_warm(server.port, total, connections, timeout))

@@ -209,7 +209,9 @@ def _pair(row: Row | None) -> str:
 def _done(values: list[bool] | None) -> str:
     if not values:
         return "—"
-    return f"{sum(values)}/{len(values)} yes"
+    if len(values) == 1:
+        return "yes" if values[0] else "**no** (old workers still answering at the deadline)"
+    return f"{sum(values)} of {len(values)} rounds"
 
 
 def targets(results: Results) -> list[tuple[str, str, str]]:

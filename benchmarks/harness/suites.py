@@ -5,6 +5,7 @@ on; nothing else stops."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -145,24 +146,22 @@ class Bench:
                     self.registry.stop(server, grace=2.0)
             live = [c for c in cells if c in servers]
             log(f"throughput: {len(live)} servers ready; warm-up")
-            if mode.warmup_s:
-                for cell in live:
-                    self._wrk(cell, servers, mode.warmup_s, record=None)
+            for cell in live:
+                try:
+                    probe.warm_up(servers[cell], mode.warmup_requests)
+                except (OSError, asyncio.TimeoutError) as exc:
+                    self.fail(f"throughput/{cell[0]}/{cell[1]}", f"warm-up failed: {exc!r}")
+                    self.registry.stop(servers.pop(cell), grace=2.0)
             for rnd in range(mode.rounds):
                 live = [c for c in live if c in servers]
                 log(f"throughput round {rnd + 1}/{mode.rounds} ({len(live)} cells)")
                 for cell in rotated(live, rnd):
                     self._wrk(cell, servers, mode.duration_s, record=rnd)
         finally:
-            for server in servers.values():
-                self.registry.stop(server)
+            self.registry.stop_many(list(servers.values()))
 
     def _wrk(
-        self,
-        cell: tuple[str, str],
-        servers: dict[tuple[str, str], Server],
-        secs: int,
-        record: int | None,
+        self, cell: tuple[str, str], servers: dict[tuple[str, str], Server], secs: int, record: int
     ) -> None:
         server = servers.get(cell)
         if server is None:
@@ -189,8 +188,6 @@ class Bench:
             self.fail(f"throughput/{app_key}/{key}", str(exc))
             servers.pop(cell, None)
             self.registry.stop(server, grace=2.0)
-            return
-        if record is None:
             return
         self.results.throughput.append(
             {
