@@ -59,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--quick", action="store_true", help="about two minutes")
     group.add_argument("--smoke", action="store_true", help="seconds; checks the harness only")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+    parser.add_argument("--render", type=Path, help="only redraw .md/.png from a run's .json")
     args = parser.parse_args(argv)
+    if args.render:
+        results = Results(**json.loads(args.render.read_text()))
+        chart.draw(results, args.render.with_suffix(".png"))
+        args.render.with_suffix(".md").write_text(
+            report.markdown(results, args.render.with_suffix(".png").name)
+        )
+        return 0
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
 
     stamp = time.strftime("%Y-%m-%d")

@@ -23,7 +23,7 @@ def draw(results: Results, path: Path) -> None:
     for app in APPS:
         cells = sorted(
             ((key, row) for (a, key), row in table.items() if a == app and row["rps"]),
-            key=lambda kr: kr[1]["rps"],
+            key=lambda kr: -kr[1]["rps"],
         )
         rows += [(f"{APPS[app].title}: {label(key)}", key, row) for key, row in cells]
     nginx = table.get(("static", "nginx"), {}).get("rps")
@@ -40,6 +40,9 @@ def draw(results: Results, path: Path) -> None:
     err = [[r["rps"] - r["min"] for _, _, r in rows], [r["max"] - r["rps"] for _, _, r in rows]]
     left.barh(y, rps, color=colors, xerr=err, error_kw={"elinewidth": 0.8, "capsize": 2})
     left.set_yticks(y, [name for name, _, _ in rows], fontsize=8)
+    left.invert_yaxis()  # apps top to bottom in table order, fastest first within each
+    for i, (_, _, row) in enumerate(rows):
+        left.text(row["max"], i, f"  {row['rps'] / 1000:.1f}k", va="center", fontsize=7)
     left.set_xlabel("requests / second (higher is better)")
     left.xaxis.set_major_formatter(lambda x, _pos: f"{x / 1000:.0f}k")
     if nginx:
