@@ -76,9 +76,22 @@ class Exchange(abc.ABC):
         client left.
         """
 
+    @property
+    def body_complete(self) -> bool:
+        """True once the whole request body arrived; the next ``receive`` then drains it.
+
+        Optional for implementations (the default says "don't know"): it only
+        saves an adapter one ``receive`` call that would return ``b""``.
+        """
+        return False
+
     @abc.abstractmethod
     async def wait_disconnect(self) -> None:
-        """Return once the client has disconnected (for ASGI ``http.disconnect``)."""
+        """Return once the client has disconnected (for ASGI ``http.disconnect``).
+
+        The engine also returns once the response is complete: nothing more can
+        reach the client then, which is what ASGI's ``http.disconnect`` means.
+        """
 
     @abc.abstractmethod
     async def send_head(self, status: int, headers: Headers) -> None:

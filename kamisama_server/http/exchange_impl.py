@@ -120,6 +120,10 @@ class HttpExchange(Exchange):
         self._wake_body()
         self._wake_disconnect()
 
+    def client_gone(self) -> None:
+        """The client half-closed: as far as we can tell, it is gone."""
+        self._wake_disconnect()
+
     def _wake_body(self) -> None:
         waiter = self._body_waiter
         if waiter is not None:
@@ -179,7 +183,8 @@ class HttpExchange(Exchange):
         After the response nothing more can reach the app, which is what ASGI's
         ``http.disconnect`` means there.
         """
-        if self._proto.closed or self._finished:
+        proto = self._proto
+        if proto.closed or proto.eof or self._finished:
             return
         waiter = self._disc_waiter
         if waiter is None:

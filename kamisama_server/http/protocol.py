@@ -84,7 +84,7 @@ class HttpProtocol(asyncio.Protocol):
         self.parsing: HttpExchange | None = None
         self.requests = 0
         # Parser state for the request being parsed.
-        self._eof = False
+        self.eof = False
         self._dead = False  # parser stopped (error, upgrade, linger): drop further bytes
         self._pending_error: tuple[int, str] | None = None
         self._in_head = True
@@ -159,12 +159,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # The client half-closed: answer what it sent, then close.
-        self._eof = True
+        self.eof = True
         if not self._dead:
             if self.parsing is not None:
                 self._on_bad_input(400, "Request body incomplete")
             elif self._mid_head:
                 self._on_bad_input(400, "Request head incomplete")
+        if self.exchange is not None:
+            self.exchange.client_gone()  # ASGI's http.disconnect; its response still goes out
         if self.exchange is None and not self.pipeline and not self.closed:
             self._close()
         return True
@@ -423,7 +425,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._mid_head:
             self.timer = _HEAD
             self.deadline = self.loop.time() + self.config.header_timeout
-        elif state.draining or self._eof:
+        elif state.draining or self.eof:
             self._close()
             return
         else:
