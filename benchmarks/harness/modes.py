@@ -21,7 +21,8 @@ class Mode:
     startup_workers: int
     loss_rounds: int
     loss_clients: int
-    loss_warm_s: float
+    loss_warm_s: float  # load before the signal
+    loss_deadline_s: float  # signal -> end of the test at the latest
     throughput: dict[str, tuple[str, ...]]
     startup: dict[str, tuple[str, ...]]
     loss: tuple[str, ...]
@@ -41,6 +42,7 @@ FULL = Mode(
     loss_rounds=3,
     loss_clients=32,
     loss_warm_s=1.5,
+    loss_deadline_s=15.0,
     throughput=c.THROUGHPUT,
     startup=c.STARTUP,
     loss=c.LOSS,
@@ -58,7 +60,8 @@ QUICK = Mode(
     startup_workers=4,
     loss_rounds=1,
     loss_clients=32,
-    loss_warm_s=1.0,
+    loss_warm_s=0.7,
+    loss_deadline_s=8.0,
     throughput=c.THROUGHPUT,
     startup=c.STARTUP,
     loss=c.LOSS,
@@ -77,6 +80,7 @@ SMOKE = Mode(
     loss_rounds=1,
     loss_clients=8,
     loss_warm_s=0.4,
+    loss_deadline_s=4.0,
     throughput={"hello-wsgi": ("us-wsgi", "gunicorn-sync")},
     startup={"flask": ("us-wsgi", "gunicorn-sync")},
     loss=("us-wsgi", "gunicorn-sync"),

@@ -290,13 +290,18 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
     for key in ("us-wsgi", "us-asgi"):
         for scenario, what in (("terminate", "SIGTERM"), ("restart", "rolling restart")):
             lost = ls.get((key, scenario), {}).get("lost")
-            out.append(
-                (
-                    f"{label(key)}: 0 lost on {what}",
-                    fmt(lost),
-                    verdict(None if lost is None else lost == 0),
-                )
-            )
+            ok = None if lost is None else lost == 0
+            measured = fmt(lost)
+            not_done = [
+                r
+                for r in results.loss
+                if r["contender"] == key
+                and r["scenario"] == scenario
+                and r["restart_done"] is False
+            ]
+            if not_done:
+                ok, measured = False, f"{measured}, but the restart did not complete"
+            out.append((f"{label(key)}: 0 lost on {what}", measured, verdict(ok)))
     return out
 
 

@@ -266,6 +266,7 @@ class Bench:
                 self.mode.loss_clients,
                 self.mode.loss_warm_s,
                 self.mode.workers,
+                self.mode.loss_deadline_s,
             )
         finally:
             self.registry.stop(server)
