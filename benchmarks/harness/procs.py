@@ -77,14 +77,18 @@ class Server:
         self.seen_pids.update(p.pid for p in procs)
         return procs
 
-    def cpu_seconds(self) -> float:
-        """User+system CPU of the live tree. Only deltas over a steady state mean anything."""
-        total = 0.0
+    def cpu_by_pid(self) -> dict[int, float]:
+        """User+system CPU seconds of each live process of the tree."""
+        out: dict[int, float] = {}
         for proc in self.tree():
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
-                total += times.user + times.system
-        return total
+                out[proc.pid] = times.user + times.system
+        return out
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU of the live tree. Only deltas over a steady state mean anything."""
+        return sum(self.cpu_by_pid().values())
 
     def memory(self) -> tuple[float, float]:
         """Summed (USS, PSS) of the tree in bytes: USS is what the tree alone holds, PSS

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .contenders import APPS, CONTENDERS, STARTUP_REFERENCES
-from .stats import Row, fmt, fmt_ratio, label, medians, ratio, reference, throughput_table
+from .stats import Row, fmt, fmt_ratio, label, medians, ratio, reference, splits, throughput_table
 from .suites import Results
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -38,13 +38,16 @@ def _throughput_section(results: Results) -> list[str]:
     table = throughput_table(results.throughput)
     nginx = table.get(("static", "nginx"), {}).get("rps")
     meta = results.meta.get("params", {})
+    split = splits(results.throughput)
     lines = [
         "## Hello-world throughput, latency and server CPU per request",
         "",
         f"{meta.get('workers', 2)} workers per server; `wrk -t{meta.get('wrk_threads')} "
         f"-c{meta.get('connections')} -d{meta.get('duration_s')}s`, "
         f"{meta.get('rounds')} interleaved rounds, medians. CPU/req = the server's whole "
-        "process tree's user+system CPU over the requests wrk completed.",
+        "process tree's user+system CPU over the requests wrk completed. *busiest procs* = "
+        "the CPU of the tree's busiest processes (one per worker) in % of a core: how "
+        "evenly the workers share the load.",
         "",
     ]
     if nginx:
@@ -72,10 +75,11 @@ def _throughput_section(results: Results) -> list[str]:
                 "p99 ms",
                 "CPU µs/req",
                 "x ref",
+                "busiest procs % CPU",
                 "other load",
                 "errors",
             ),
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         ref_rps = ref_row["rps"] if ref_row else None
         ref_cpu = ref_row["cpu_us_per_req"] if ref_row else None
@@ -91,6 +95,7 @@ def _throughput_section(results: Results) -> list[str]:
                     fmt(row["p99_ms"], 2),
                     fmt(row["cpu_us_per_req"], 1),
                     fmt_ratio(ratio(row["cpu_us_per_req"], ref_cpu)),
+                    split.get((app, key), "—"),
                     fmt(row["other_cores"], 2),
                     str(errors),
                 )

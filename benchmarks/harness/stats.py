@@ -80,3 +80,17 @@ def fmt(value: float | None, digits: int = 0) -> str:
     if value is None:
         return "—"
     return f"{value:,.{digits}f}"
+
+
+def splits(rows: list[Row]) -> dict[tuple[str, str], str]:
+    """Per (app, contender): the element-wise median over rounds of the busiest processes'
+    CPU in % of a core, as "84/34" (uneven numbers mean unevenly loaded workers)."""
+    groups: dict[tuple[str, str], list[list[int]]] = defaultdict(list)
+    for row in rows:
+        if row.get("split_pct"):
+            groups[(row["app"], row["contender"])].append(row["split_pct"])
+    out = {}
+    for key, lists in groups.items():
+        width = min(len(v) for v in lists)
+        out[key] = "/".join(f"{statistics.median(v[i] for v in lists):.0f}" for i in range(width))
+    return out

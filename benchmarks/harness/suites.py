@@ -173,15 +173,17 @@ class Bench:
                 raise RuntimeError(
                     f"server exited ({server.proc.returncode}); {server.log_tail(6)}"
                 )
-            busy0, cpu0, self0 = (
+            busy0, by_pid0, self0 = (
                 wrk.machine_busy_seconds(),
-                server.cpu_seconds(),
+                server.cpu_by_pid(),
                 wrk.self_cpu_seconds(),
             )
             t0 = time.perf_counter()
             res = wrk.run(server.port, "/", secs, mode.wrk_threads, mode.connections)
             wall = time.perf_counter() - t0
-            cpu = server.cpu_seconds() - cpu0
+            by_pid1 = server.cpu_by_pid()
+            deltas = sorted((t - by_pid0.get(pid, 0.0) for pid, t in by_pid1.items()), reverse=True)
+            cpu = sum(deltas)
             busy = wrk.machine_busy_seconds() - busy0
             own = wrk.self_cpu_seconds() - self0
         except (RuntimeError, ValueError, OSError) as exc:
@@ -202,6 +204,8 @@ class Bench:
                 "non_2xx": res.non_2xx,
                 "cpu_us_per_req": cpu / res.requests * 1e6 if res.requests else None,
                 "server_cores": cpu / wall,
+                # The busiest processes' CPU in % of a core: shows how evenly workers share.
+                "split_pct": [round(100 * d / wall) for d in deltas[: mode.workers]],
                 "wrk_cores": res.wrk_cpu_s / wall,
                 "other_cores": max(0.0, busy - cpu - res.wrk_cpu_s - own) / wall,
             }
