@@ -34,6 +34,11 @@ class InputStream:
         # The OSError a read raised, if any: the adapter answers 400/413 for it.
         self.body_error: BaseException | None = None
 
+    @property
+    def complete(self) -> bool:
+        """The whole body is here: reads never wait for the client."""
+        return self._pull is None
+
     def _next(self) -> bytes:
         """The next chunk from the engine, b"" at the end of the body."""
         if self._error is not None:
