@@ -64,9 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         results = Results(**json.loads(args.render.read_text()))
         chart.draw(results, args.render.with_suffix(".png"))
-        args.render.with_suffix(".md").write_text(
-            report.markdown(results, args.render.with_suffix(".png").name)
-        )
+        md_path = args.render.with_suffix(".md")
+        md_path.write_text(report.markdown(results, args.render.with_suffix(".png").name))
+        if args.render.resolve().parent == RESULTS_DIR.resolve():
+            report.update_readme(
+                BENCH_DIR / "README.md",
+                results,
+                md_path.resolve(),
+                md_path.with_suffix(".png").resolve(),
+            )
         return 0
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
 

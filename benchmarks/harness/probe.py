@@ -17,6 +17,10 @@ from .procs import Server
 class StartFailed(Exception):
     """The server exited or did not become ready in time; the message says why."""
 
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
 
 async def _burst(port: int, size: int, timeout: float) -> tuple[set[int], bool]:
     """Fire `size` concurrent GET /pid; return the pids seen and whether any got an answer."""

@@ -22,7 +22,7 @@ CAVEAT = (
 
 
 def _row(*cells: str) -> str:
-    return "| " + " | ".join(cells) + " |"
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
 def _get(row: Row | None, field: str) -> float | None:
@@ -168,6 +168,8 @@ def _loss_section(results: Results) -> list[str]:
         f"{meta.get('workers', 2)} workers; the signal goes to the master "
         "mid-load. *lost* = requests written that got no complete 200. *refused* = connects "
         "refused (after SIGTERM: the server is gone, expected; during a restart: downtime). "
+        "*restart s* = signal until every worker was new and no old one had answered for "
+        "0.5 s (or the deadline). "
         f"Medians over {max(r['round'] for r in results.loss) + 1} round(s); the *vs gunicorn "
         "sync* column puts the same figure of gunicorn sync beside ours.",
         "",
@@ -179,9 +181,10 @@ def _loss_section(results: Results) -> list[str]:
             "restart: lost / sent",
             "refused",
             "all workers replaced",
+            "restart s",
             "why lost",
         ),
-        "|---|---:|---:|---|---:|---:|---|---|",
+        "|---|---:|---:|---|---:|---:|---|---:|---|",
     ]
     for key in dict.fromkeys(r["contender"] for r in results.loss):
         term, rest = table.get((key, "terminate")), table.get((key, "restart"))
@@ -200,6 +203,7 @@ def _loss_section(results: Results) -> list[str]:
                 _pair(rest) if sig else "n/a",
                 fmt(_get(rest, "refused")),
                 _done(done.get(key)),
+                fmt(_get(rest, "seconds"), 1),
                 why or "—",
             )
         )
@@ -312,7 +316,7 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
 
 def _targets_section(results: Results) -> list[str]:
     lines = ["## Targets of issue 4", "", "| target | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {v} |" for t, m, v in targets(results)]
+    lines += [_row(t, m, v) for t, m, v in targets(results)]
     return [*lines, ""]
 
 
@@ -425,7 +429,7 @@ def summary(results: Results, md_path: Path, png_path: Path, readme: Path) -> st
     if nginx:
         lines += ["", f"nginx (physical reference, 2 workers): {fmt(nginx)} req/s."]
     lines += ["", "Targets:", "", "| target | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {v} |" for t, m, v in targets(results)]
+    lines += [_row(t, m, v) for t, m, v in targets(results)]
     lines += ["", f"![throughput and CPU per request]({rel_png})", "", END]
     return "\n".join(lines)
 

@@ -89,7 +89,7 @@ class Bench:
         except probe.StartFailed as exc:
             tail = server.log_tail(6)
             self.registry.stop(server, grace=2.0)
-            raise probe.StartFailed(f"{exc}; log: {tail}") from exc
+            raise probe.StartFailed(f"{exc}; log: {tail}", log_tail=tail) from exc
         return server
 
     def fail(self, key: str, reason: str) -> None:
@@ -106,7 +106,9 @@ class Bench:
         try:
             server = self.start_ready(ours, "hello-wsgi", 2)
         except probe.StartFailed as exc:
-            self._skip_ours(f"kamisama-serve does not serve yet: {exc}")
+            self._skip_ours(f"kamisama-serve does not serve yet: {exc}".split("; log:")[0])
+            if exc.log_tail:
+                self.results.ours_status += f"; last log line: {exc.log_tail.splitlines()[-1]}"
             return
         self.registry.stop(server)
         self.results.ours_status = f"available ({argv0})"
