@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -28,6 +29,13 @@ from harness.procs import Registry
 from harness.suites import Bench, Results, log
 
 RESULTS_DIR = BENCH_DIR / "results"
+
+
+def _prune_logs(keep: int = 5) -> None:
+    """Keep the server logs of the last few runs only (they live in the gitignored tmp/)."""
+    runs = sorted((RESULTS_DIR / "tmp").glob("logs-*"), key=lambda p: p.stat().st_mtime)
+    for old in runs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -81,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     name = stamp if mode.name == "full" else f"{stamp}-{mode.name}"
     log_dir = RESULTS_DIR / "tmp" / f"logs-{name}-{os.getpid()}"
 
+    _prune_logs()
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     results = Results(mode=mode.name)
