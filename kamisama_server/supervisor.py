@@ -1,0 +1,424 @@
+"""The master: fork, watch, respawn with backoff, signals, shutdown, timeout.
+
+One thread, one loop. Signal handlers only record the signal; the loop wakes on
+a self-pipe (``signal.set_wakeup_fd``) or on a worker's channel, then handles
+signals before reaping, so a worker that exits because of a Ctrl+C sent to the
+whole group is never mistaken for a crash.
+
+Each worker has a socketpair to the master: the master writes ``stop NAME``,
+the worker writes ``ready``; when the master dies, the worker reads end-of-file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from kamisama_server import worker as worker_side
+from kamisama_server.options import KamisamaOptions, resolve_options
+from kamisama_server.signals import (
+    RESTART_SIGNAL,
+    SCALE_DOWN_SIGNAL,
+    SCALE_UP_SIGNAL,
+    SHUTDOWN_SIGNALS,
+    signal_name,
+)
+from kamisama_server.worker import log
+
+EXIT_OK = 0
+EXIT_WORKER_FAILED = 1
+EXIT_NEVER_READY = 3
+
+BACKOFF_FIRST = 0.1
+BACKOFF_CAP = 4.0
+STABLE_AFTER = 5.0
+"""A worker that lived this long resets its slot's backoff."""
+MAX_SLEEP = 1.0
+"""The loop wakes at least this often, whatever happens (a missed wakeup costs 1 s)."""
+_RESTART_NAME = RESTART_SIGNAL.name if RESTART_SIGNAL else "SIGUSR1"
+
+
+def backoff_delay(consecutive_failures: int) -> float:
+    """0.1, 0.2, 0.4 ... seconds, capped: a crash loop must not spin the CPU."""
+    if consecutive_failures <= 0:
+        return 0.0
+    return min(BACKOFF_CAP, BACKOFF_FIRST * 2.0 ** (consecutive_failures - 1))
+
+
+def describe_exit(status: int) -> str:
+    """``"exited with code 1"`` or ``"was killed by SIGKILL"``, from a wait status."""
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal_name(os.WTERMSIG(status))}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+@dataclass
+class _Process:
+    """One forked worker, as the master sees it."""
+
+    wid: int
+    pid: int
+    channel: socket.socket
+    started: float
+    ready: bool = False
+    stopping: bool = False
+    deadline: float | None = None
+    killed: bool = False
+    replacing: bool = False  # a rolling restart's new worker, not ready yet
+    inbox: bytes = b""
+
+
+@dataclass
+class _RollingRestart:
+    """Replace each slot's worker in turn: start the new one, retire the old once ready."""
+
+    queue: list[int]
+    current: _Process | None = None
+    old_pids: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs the master's loop for one ``kamisama()`` call."""
+
+    def __init__(self, options: KamisamaOptions) -> None:
+        self.options = options
+        self.target = options.workers or 1
+        self.processes: dict[int, _Process] = {}
+        self.failures: dict[int, int] = {}
+        self.respawn_at: dict[int, float] = {}
+        self.stopping = False
+        self.status = EXIT_OK
+        self.announced_ready = False
+        self.rolling: _RollingRestart | None = None
+        self.pending_signals: list[int] = []
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.previous_handlers: dict[int, Any] = {}
+        self.previous_wakeup_fd = -1
+
+    # ---- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        try:
+            for wid in range(1, self.target + 1):
+                self._spawn(wid)
+            while True:
+                self._handle_signals()
+                self._reap()
+                if self.stopping and not self.processes:
+                    return self.status
+                self._respawn_due()
+                self._enforce_deadlines()
+                self._advance_rolling_restart()
+                self._wait(self._next_wakeup())
+        finally:
+            self._restore_signal_handlers()
+            for process in self.processes.values():
+                process.channel.close()
+            self.selector.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+
+    def _next_wakeup(self) -> float:
+        now = time.monotonic()
+        moments = list(self.respawn_at.values())
+        moments += [p.deadline for p in self.processes.values() if p.deadline and not p.killed]
+        soonest = min(moments, default=now + MAX_SLEEP)
+        return max(0.0, min(MAX_SLEEP, soonest - now))
+
+    def _wait(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            if key.fileobj == self.wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self.wake_r, 512):
+                        pass
+            else:
+                self._read_channel(key.data)
+
+    def _read_channel(self, process: _Process) -> None:
+        try:
+            data = process.channel.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the worker is exiting; the reaper takes it from here
+            self.selector.unregister(process.channel)
+            return
+        process.inbox += data
+        while b"\n" in process.inbox:
+            line, process.inbox = process.inbox.split(b"\n", 1)
+            if line == b"ready" and not process.ready:
+                process.ready = True
+                self._check_all_ready()
+
+    def _check_all_ready(self) -> None:
+        if self.announced_ready or self.stopping:
+            return
+        serving = {p.wid for p in self.processes.values() if p.ready and not p.stopping}
+        if serving.issuperset(range(1, self.target + 1)):
+            self.announced_ready = True
+            if self.options.on_ready is not None:
+                self.options.on_ready()
+
+    # ---- signals ----------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        wanted = [*SHUTDOWN_SIGNALS, signal.SIGCHLD]
+        wanted += [s for s in (RESTART_SIGNAL, SCALE_UP_SIGNAL, SCALE_DOWN_SIGNAL) if s]
+        for sig in wanted:
+            self.previous_handlers[sig] = signal.signal(sig, self._record_signal)
+        self.previous_wakeup_fd = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+
+    def _restore_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self.previous_wakeup_fd)
+        for sig, handler in self.previous_handlers.items():
+            signal.signal(sig, handler)
+
+    def _record_signal(self, signum: int, frame: object) -> None:
+        self.pending_signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self.pending_signals:
+            signum = self.pending_signals.pop(0)
+            if signum in SHUTDOWN_SIGNALS:
+                self._begin_shutdown(signal_name(signum))
+            elif self.stopping or signum == signal.SIGCHLD:
+                continue
+            elif signum == RESTART_SIGNAL:
+                self._begin_rolling_restart()
+            elif signum == SCALE_UP_SIGNAL:
+                self.target += 1
+                log(f"{signal_name(signum)}: one worker more, now {self.target}")
+                self._spawn(self.target)
+            elif signum == SCALE_DOWN_SIGNAL:
+                self._scale_down(signal_name(signum))
+
+    # ---- shutdown -----------------------------------------------------------------
+
+    def _begin_shutdown(self, name: str) -> None:
+        if self.stopping:
+            log(f"{name} received while already shutting down; ignored")
+            return
+        self.stopping = True
+        self.rolling = None
+        self.respawn_at.clear()
+        deadline = time.monotonic() + self.options.timeout
+        count = len(self.processes)
+        log(f"{name} received: shutting down {count} worker(s), timeout {self.options.timeout}s")
+        for process in self.processes.values():
+            self._stop_process(process, name, deadline)
+
+    def _stop_process(self, process: _Process, name: str, deadline: float) -> None:
+        process.deadline = min(deadline, process.deadline or deadline)
+        if process.stopping:
+            return
+        process.stopping = True
+        with contextlib.suppress(OSError):
+            process.channel.sendall(f"stop {name}\n".encode("ascii"))
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for process in self.processes.values():
+            if process.deadline is None or process.killed or now < process.deadline:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+            process.killed = True
+            who = f"worker {process.wid} (pid {process.pid})"
+            log(f"{who} killed after timeout {self.options.timeout}s")
+            if self.stopping:
+                self.status = max(self.status, EXIT_WORKER_FAILED)
+
+    # ---- processes --------------------------------------------------------------------
+
+    def _spawn(self, wid: int) -> _Process | None:
+        self.respawn_at.pop(wid, None)
+        if self.options.before_fork is not None:
+            try:
+                self.options.before_fork(wid)
+            except Exception as error:
+                self.failures[wid] = self.failures.get(wid, 0) + 1
+                delay = backoff_delay(self.failures[wid])
+                log(f"worker {wid} could not be prepared ({error}); retrying in {delay:.1f}s")
+                self.respawn_at[wid] = time.monotonic() + delay
+                return None
+        master_end, worker_end = socket.socketpair()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # else the child would print the master's buffer again
+        pid = os.fork()
+        if pid == 0:
+            master_end.close()
+            self._become_worker(wid, worker_end)
+        worker_end.close()
+        master_end.setblocking(False)
+        process = _Process(wid=wid, pid=pid, channel=master_end, started=time.monotonic())
+        self.processes[pid] = process
+        self.selector.register(master_end, selectors.EVENT_READ, process)
+        log(f"worker {wid} (pid {pid}) started")
+        return process
+
+    def _become_worker(self, wid: int, channel: socket.socket) -> NoReturn:
+        """In the child: drop everything that is the master's, then run the worker."""
+        code = EXIT_WORKER_FAILED
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for process in self.processes.values():
+                process.channel.close()  # a sibling's channel must see EOF only from us
+            self.selector.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            code = worker_side.worker_main(wid, channel, self.options)
+        except SystemExit as exit_request:
+            code = exit_request.code if isinstance(exit_request.code, int) else 1
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        worker_side.exit_now(code)
+
+    def _reap(self) -> None:
+        for pid, process in list(self.processes.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                del self.processes[pid]
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(process.channel)
+                process.channel.close()
+                self._on_exit(process, status)
+
+    def _on_exit(self, process: _Process, status: int) -> None:
+        who = f"worker {process.wid} (pid {process.pid})"
+        reason = describe_exit(status)
+        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        if process.stopping or self.stopping:
+            if process.killed:
+                return
+            if clean:
+                log(f"{who} shut down")
+            else:
+                log(f"{who} {reason} during shutdown; not respawned")
+                if self.stopping:
+                    self.status = max(self.status, EXIT_WORKER_FAILED)
+            return
+        if process.replacing:
+            log(f"{who} {reason} before it became ready; rolling restart abandoned")
+            self.rolling = None
+            return
+        if self.options.fail_fast and not process.ready:
+            log(f"{who} {reason} before it became ready; stopping")
+            self.status = EXIT_NEVER_READY
+            self._begin_shutdown("SIGTERM")
+            return
+        if time.monotonic() - process.started >= STABLE_AFTER:
+            self.failures[process.wid] = 0
+        if not clean:
+            self.failures[process.wid] = self.failures.get(process.wid, 0) + 1
+        delay = backoff_delay(self.failures.get(process.wid, 0))
+        log(f"{who} {reason}; respawning in {delay:.1f}s")
+        self.respawn_at[process.wid] = time.monotonic() + delay
+
+    def _respawn_due(self) -> None:
+        now = time.monotonic()
+        for wid, when in list(self.respawn_at.items()):
+            if wid > self.target:
+                del self.respawn_at[wid]
+            elif when <= now and not self._serving(wid):
+                self._spawn(wid)
+
+    def _serving(self, wid: int) -> _Process | None:
+        """The worker currently serving slot ``wid`` (not one on its way out)."""
+        for process in self.processes.values():
+            if process.wid == wid and not process.stopping and not process.replacing:
+                return process
+        return None
+
+    # ---- scaling and rolling restart -------------------------------------------
+
+    def _scale_down(self, name: str) -> None:
+        if self.target <= 1:
+            log(f"{name}: already at one worker; ignored")
+            return
+        wid = self.target
+        self.target -= 1
+        self.respawn_at.pop(wid, None)
+        log(f"{name}: one worker fewer, now {self.target}")
+        deadline = time.monotonic() + self.options.timeout
+        for process in list(self.processes.values()):
+            if process.wid == wid:
+                self._stop_process(process, name, deadline)
+
+    def _begin_rolling_restart(self) -> None:
+        if self.rolling is not None:
+            log("rolling restart already under way; ignored")
+            return
+        log(f"rolling restart of {self.target} worker(s)")
+        self.rolling = _RollingRestart(queue=list(range(1, self.target + 1)))
+
+    def _advance_rolling_restart(self) -> None:
+        rolling = self.rolling
+        if rolling is None or self.stopping:
+            return
+        current = rolling.current
+        if current is not None:
+            if current.pid not in self.processes:  # died before ready: handled in _on_exit
+                return
+            if not current.ready:
+                return
+            current.replacing = False
+            deadline = time.monotonic() + self.options.timeout
+            for process in list(self.processes.values()):
+                if process.pid in rolling.old_pids:
+                    self._stop_process(process, _RESTART_NAME, deadline)
+            rolling.current = None
+        while rolling.queue:
+            wid = rolling.queue.pop(0)
+            if wid > self.target:
+                continue
+            old = self._serving(wid)
+            fresh = self._spawn(wid)
+            if fresh is None:
+                continue
+            if old is None:  # nothing to replace: the slot was down
+                continue
+            fresh.replacing = True
+            rolling.current = fresh
+            rolling.old_pids = [old.pid]
+            return
+        log("rolling restart done")
+        self.rolling = None
+
+
+def kamisama(*args: Any, **kwargs: Any) -> int:
+    """Fork the workers, supervise them, and return the exit status after shutdown.
+
+    ``kamisama(run)``, ``kamisama(workers=3, run=..., shutdown=..., timeout=5.0)``,
+    ``kamisama({"run": run})`` or ``kamisama(KamisamaOptions(...))``. Blocks in
+    the master until every worker has exited after a shutdown signal; returns 0
+    when all shut down cleanly, 1 when one had to be killed or its hook failed,
+    3 when ``fail_fast`` stopped a worker that never became ready.
+    """
+    options = resolve_options(args, kwargs)
+    if not hasattr(os, "fork"):
+        raise RuntimeError(
+            "kamisama needs os.fork(), which this platform lacks (Windows); "
+            "run it on Linux or macOS"
+        )
+    if worker_side.worker_id() is not None:
+        raise RuntimeError("kamisama() was called inside a worker; call it once, in the master")
+    return Supervisor(options).run()

@@ -1,0 +1,29 @@
+"""Shared fixtures. ``script`` starts a real master process from a source string."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from processes import Script
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Iterator[Callable[..., Script]]:
+    """``script(source, env=None)``: run ``source`` as a master in its own process group."""
+    started: list[Script] = []
+
+    def start(source: str, env: dict[str, str] | None = None) -> Script:
+        directory = tmp_path / f"script{len(started)}"
+        directory.mkdir()
+        started.append(Script(directory, source, env))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.cleanup()
