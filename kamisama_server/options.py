@@ -47,7 +47,7 @@ class KamisamaOptions:
     on_ready: Callable[[], None] | None = None
     """Called in the master once, the first time every worker is ready."""
 
-    before_fork: Callable[[int], None] | None = None
+    before_fork: Callable[[int], object] | None = None
     """Called in the master with the worker id before each fork (e.g. to bind a
     socket for a new slot)."""
 

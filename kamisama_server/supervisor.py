@@ -414,6 +414,12 @@ def kamisama(*args: Any, **kwargs: Any) -> int:
     3 when ``fail_fast`` stopped a worker that never became ready.
     """
     options = resolve_options(args, kwargs)
+    check_platform()
+    return Supervisor(options).run()
+
+
+def check_platform() -> None:
+    """Fail clearly where forking supervision cannot work."""
     if not hasattr(os, "fork"):
         raise RuntimeError(
             "kamisama needs os.fork(), which this platform lacks (Windows); "
@@ -421,4 +427,3 @@ def kamisama(*args: Any, **kwargs: Any) -> int:
         )
     if worker_side.worker_id() is not None:
         raise RuntimeError("kamisama() was called inside a worker; call it once, in the master")
-    return Supervisor(options).run()

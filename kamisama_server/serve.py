@@ -1,0 +1,230 @@
+"""The server: ``kamisama(run=serve_one_worker, shutdown=drain_then_hook)``.
+
+Everything about processes (forking, reaping, signals, timeouts, readiness,
+fail-fast) is the supervisor's; this module only says what a worker does:
+load the app, accept on its sockets, and on shutdown drain before calling the
+user's hook. The master binds the sockets before ``kamisama()`` forks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kamisama_server.config import ServeConfig
+from kamisama_server.http.asgi import AsgiAdapter
+from kamisama_server.http.config import HttpConfig
+from kamisama_server.http.exchange import AppHandler
+from kamisama_server.http.lifespan import LifespanFailed
+from kamisama_server.http.server import HttpServer
+from kamisama_server.http.wsgi import WSGIAdapter
+from kamisama_server.loader import LoadError, as_asgi3, detect_interface, load_app, load_hook
+from kamisama_server.options import KamisamaOptions
+from kamisama_server.sockets import BindError, Listeners, bind_listeners
+from kamisama_server.supervisor import Supervisor, check_platform
+from kamisama_server.worker import log, ready
+
+EXIT_USAGE = 2
+EXIT_CANNOT_START = 3
+EXIT_CANNOT_BIND = 4
+
+
+class StartupFailed(Exception):
+    """The app cannot be served: one clear line, exit 3, no respawn loop."""
+
+
+@dataclass
+class _Loaded:
+    """What a worker serves: resolved once (in the master with ``--preload``)."""
+
+    app: Any
+    interface: str
+    run_hook: Callable[..., Any] | None
+    shutdown_hook: Callable[..., Any] | None
+
+
+@dataclass
+class _WorkerState:
+    server: HttpServer | None = None
+    asgi: AsgiAdapter | None = None
+    wsgi: WSGIAdapter | None = None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def http_config(config: ServeConfig) -> HttpConfig:
+    """The engine's view of the options."""
+    return HttpConfig(
+        limit_request_line=config.limit_request_line,
+        limit_request_fields=config.limit_request_fields,
+        limit_request_field_size=config.limit_request_field_size,
+        limit_request_body=config.limit_request_body,
+        keep_alive=config.keep_alive,
+        header_timeout=config.header_timeout,
+        limit_concurrency=config.limit_concurrency,
+        backlog=config.backlog,
+        root_path=config.root_path,
+        proxy_headers=config.proxy_headers,
+        forwarded_allow_ips=config.forwarded_allow_ips,
+        ssl=_ssl_context(config),
+        access_log=config.access_log,
+    )
+
+
+def _ssl_context(config: ServeConfig) -> ssl.SSLContext | None:
+    if not config.ssl_certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
+    return context
+
+
+def load(config: ServeConfig) -> _Loaded:
+    """Import the app and the hooks; ``StartupFailed`` names the cause."""
+    try:
+        app = load_app(config.app, app_dir=config.app_dir, factory=config.factory)
+        interface = detect_interface(app, config.interface)
+        if interface == "asgi":
+            app = as_asgi3(app)
+        run_hook = load_hook(config.run_hook, config.app_dir) if config.run_hook else None
+        shutdown_hook = (
+            load_hook(config.shutdown_hook, config.app_dir) if config.shutdown_hook else None
+        )
+    except LoadError as error:
+        raise StartupFailed(str(error)) from None
+    return _Loaded(app, interface, run_hook, shutdown_hook)
+
+
+async def _call(hook: Callable[..., Any], *args: Any) -> None:
+    result = hook(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+class ServerWorkers:
+    """The ``run``/``shutdown`` pair handed to ``kamisama()``."""
+
+    def __init__(self, config: ServeConfig, listeners: Listeners, loaded: _Loaded | None) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.loaded = loaded
+        self.http = http_config(config)
+        self.state = _WorkerState()
+
+    async def run(self, wid: int) -> None:
+        mine = self.listeners.sockets_for(wid)
+        for listener in self.listeners.all():
+            if listener.sock not in mine:
+                listener.sock.close()  # else a dropped slot's queue would outlive its socket
+        try:
+            loaded = self.loaded = self.loaded or load(self.config)
+            handler = await self._make_handler(loaded)
+            if loaded.run_hook is not None:
+                await _call(loaded.run_hook, wid)
+        except (StartupFailed, LifespanFailed) as error:
+            log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
+            raise SystemExit(EXIT_CANNOT_START) from None
+        websocket = self.state.asgi.websocket if self.state.asgi else None
+        server = HttpServer(handler, self.http, websocket=websocket)
+        self.state.server = server
+        await server.start(mine)
+        ready()
+        await self.state.stopped.wait()
+
+    async def _make_handler(self, loaded: _Loaded) -> AppHandler:
+        if loaded.interface == "asgi":
+            adapter = AsgiAdapter(loaded.app, self.http)
+            await adapter.startup()
+            self.state.asgi = adapter
+            return adapter
+        wsgi = WSGIAdapter(loaded.app, threads=self.config.threads)
+        self.state.wsgi = wsgi
+        return wsgi
+
+    async def shutdown(self, wid: int, signal_name: str) -> None:
+        state = self.state
+        try:
+            if state.server is not None:
+                await state.server.drain(timeout=self.config.timeout)
+            if state.asgi is not None:
+                await state.asgi.shutdown()
+            if state.wsgi is not None:
+                await asyncio.get_running_loop().run_in_executor(None, state.wsgi.close)
+        finally:
+            state.stopped.set()
+        if self.loaded is not None and self.loaded.shutdown_hook is not None:
+            await _call(self.loaded.shutdown_hook, wid, signal_name)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="[%(name)s] %(levelname)s %(message)s"
+    )
+    logging.getLogger("kamisama.access").propagate = False
+    access = logging.StreamHandler(sys.stdout)
+    access.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("kamisama.access").addHandler(access)
+
+
+def serve(config: ServeConfig) -> int:
+    """Bind, fork, serve until a shutdown signal; the process exit code."""
+    check_platform()
+    _configure_logging(config.log_level)
+    loaded: _Loaded | None = None
+    if config.preload:
+        try:
+            loaded = load(config)
+        except StartupFailed as error:
+            log(f"cannot start: {error}")
+            return EXIT_CANNOT_START
+    try:
+        http_config(config)  # a bad certificate is a startup error, found before binding
+    except (OSError, ssl.SSLError) as error:
+        log(f"cannot start: TLS certificate/key: {error}")
+        return EXIT_CANNOT_START
+    try:
+        listeners = bind_listeners(
+            config.binds, slots=config.workers, mode=config.socket_mode, backlog=config.backlog
+        )
+    except BindError as error:
+        log(f"cannot bind {error}")
+        return EXIT_CANNOT_BIND
+    workers = ServerWorkers(config, listeners, loaded)
+    scheme = "https" if config.ssl_certfile else "http"
+
+    def announce() -> None:
+        urls = ", ".join(listeners.urls(scheme))
+        count = supervisor.target
+        print(f"kamisama: listening on {urls} ({count} workers, pid {os.getpid()})", flush=True)
+
+    options = KamisamaOptions(
+        run=workers.run,
+        shutdown=workers.shutdown,
+        workers=config.workers,
+        timeout=config.timeout,
+        manual_ready=True,
+        fail_fast=True,
+        on_ready=announce,
+        before_fork=listeners.add_slot,
+        loop_factory=_loop_factory(),
+    )
+    supervisor = Supervisor(options)
+    try:
+        return supervisor.run()
+    finally:
+        listeners.close()
