@@ -243,3 +243,35 @@ def test_drain_finishes_in_flight_closes_idle_and_serves_queued() -> None:
             sock.close()
     finally:
         srv.stop()
+
+
+def test_engine_runs_on_uvloop(tmp_path: object) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def app(ex: Exchange) -> None:
+        if ex.head.raw_path == b"/file":
+            import os
+            import tempfile
+
+            with tempfile.TemporaryFile() as file:
+                file.write(b"0123456789" * 50_000)
+                file.flush()
+                await ex.send_head(200, [])
+                await ex.sendfile(file.fileno(), 10, 400_000)
+                await ex.end()
+                assert os.fstat(file.fileno()).st_size == 500_000
+            return
+        await engine_app(ex)
+
+    with BackgroundServer(app, loop=uvloop.new_event_loop()) as srv:
+        with connect(srv.port) as sock:
+            sock.sendall(
+                b"GET /a HTTP/1.1\r\n\r\nPOST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+            )
+            reader = Reader(sock)
+            assert reader.response().body == b"ok /a"
+            assert reader.response().body == b"hi"
+            sock.sendall(b"GET /file HTTP/1.1\r\n\r\n")
+            assert reader.response().body == (b"0123456789" * 50_000)[10:400_010]
+        resp, closed = request(srv.port, b"GET / HTTP/1.1\r\nX: a\x00\r\n\r\n")
+        assert resp.status == 400 and closed

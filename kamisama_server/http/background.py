@@ -35,6 +35,7 @@ class BackgroundServer:
         before_start: Callable[[], Awaitable[None]] | None = None,
         after_drain: Callable[[], Awaitable[None]] | None = None,
         drain_timeout: float | None = 10.0,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._handler = handler
         self._websocket = websocket
@@ -50,7 +51,7 @@ class BackgroundServer:
         self._before_start = before_start
         self._after_drain = after_drain
         self._drain_timeout = drain_timeout
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop or asyncio.new_event_loop()
         self.server: HttpServer | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._stopped = False

@@ -29,7 +29,7 @@ class HttpConfig:
 
     # Load.
     limit_concurrency: int | None = None  # in-flight requests per worker; over it -> 503
-    backlog: int = 2048  # asyncio re-calls listen(); keep the master's backlog
+    backlog: int = 2048  # for whoever calls listen(); the engine never does
 
     # What the app sees.
     root_path: str = ""

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -107,7 +107,8 @@ class HttpProtocol(asyncio.Protocol):
     # asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, so cast, not check.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.state.connections.add(self)
         self.client = _address(transport.get_extra_info("peername"))

@@ -1,15 +1,19 @@
 """``HttpServer``: serve an ``AppHandler`` on listening sockets the master bound.
 
 The worker calls ``start(sockets)`` in its ``run`` and ``drain()`` in its
-``shutdown``. We never bind and never close the caller's sockets: asyncio
-gets a ``dup`` of each, so on drain we can stop the loop from accepting and
-still ``accept()`` ourselves what the kernel had already queued.
+``shutdown``. We never bind, listen or close the caller's sockets.
+
+We accept ourselves (a reader callback per listening socket) rather than via
+``loop.create_server``: closing an asyncio ``Server`` drops connections it had
+accepted but not yet attached, and drain must lose none. Stopping is then just
+``remove_reader``, after which we ``accept()`` what the kernel still holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import time
 
@@ -19,6 +23,8 @@ from .protocol import HttpProtocol
 from .state import EngineState, WebSocketSupport, error_log
 
 _MAX_BACKLOG_ACCEPT = 65536  # bound on the accept-what-is-queued loop of drain()
+_ACCEPT_BATCH = 64  # connections accepted per readable event before yielding to the loop
+_ACCEPT_PAUSE = 0.5  # out of file descriptors: stop accepting this long
 
 
 class HttpServer:
@@ -34,7 +40,8 @@ class HttpServer:
         self.config = config or HttpConfig()
         self.state = EngineState(handler, self.config, websocket)
         self._sockets: list[socket.socket] = []
-        self._servers: list[asyncio.AbstractServer] = []
+        self._accepting = False
+        self._adopting: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.TimerHandle | None = None
         self._second = 0
         shortest = min(self.config.keep_alive, self.config.header_timeout)
@@ -63,15 +70,11 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         self.state.loop = loop
         self._schedule_tick()
+        self._accepting = True
         for sock in sockets:
+            sock.setblocking(False)
             self._sockets.append(sock)
-            server = await loop.create_server(
-                self._protocol,
-                sock=sock.dup(),
-                backlog=self.config.backlog,
-                ssl=self.config.ssl,
-            )
-            self._servers.append(server)
+            loop.add_reader(sock.fileno(), self._on_readable, sock)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Graceful stop: serve what was queued and in flight, then return.
@@ -86,12 +89,12 @@ class HttpServer:
         self._drained = True
         state = self.state
         state.draining = True
-        for server in self._servers:
-            server.close()
-        accepting = self._accept_queued()
+        self._stop_accepting()
+        for sock in self._sockets:
+            self._accept(sock, _MAX_BACKLOG_ACCEPT)
         for conn in list(state.connections):
             conn.drain()
-        waits: list[asyncio.Future[None]] = [asyncio.ensure_future(accepting)]
+        waits: list[asyncio.Future[None]] = [asyncio.ensure_future(self._adopted())]
         if state.websocket is not None:
             waits.append(asyncio.ensure_future(state.websocket.shutdown()))
         try:
@@ -109,6 +112,66 @@ class HttpServer:
                 self._ticker.cancel()
                 self._ticker = None
 
+    # Accepting --------------------------------------------------------------
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        self._accept(sock, _ACCEPT_BATCH)
+
+    def _accept(self, sock: socket.socket, limit: int) -> None:
+        for _ in range(limit):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    error_log.error("accept failed (%s); pausing for %.1fs", exc, _ACCEPT_PAUSE)
+                    self._pause_accepting()
+                elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                    error_log.warning("accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            task = asyncio.ensure_future(self._adopt(conn))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(self._protocol, conn, ssl=self.config.ssl)
+        except Exception as exc:
+            error_log.info("could not set up accepted connection: %s", exc)
+            conn.close()
+
+    async def _adopted(self) -> None:
+        """Wait until every accepted socket has its protocol (drain counts them then)."""
+        while self._adopting:
+            await asyncio.gather(*list(self._adopting), return_exceptions=True)
+
+    def _stop_accepting(self) -> None:
+        if not self._accepting:
+            return
+        self._accepting = False
+        loop = self.state.loop
+        assert loop is not None
+        for sock in self._sockets:
+            loop.remove_reader(sock.fileno())
+
+    def _pause_accepting(self) -> None:
+        loop = self.state.loop
+        assert loop is not None
+        self._stop_accepting()
+        loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        loop = self.state.loop
+        assert loop is not None
+        if self._accepting or self.state.draining:
+            return
+        self._accepting = True
+        for sock in self._sockets:
+            loop.add_reader(sock.fileno(), self._on_readable, sock)
+
     # Internals ------------------------------------------------------------
 
     def _protocol(self) -> HttpProtocol:
@@ -116,31 +179,10 @@ class HttpServer:
 
     async def _wait_idle(self, waits: list[asyncio.Future[None]]) -> None:
         await asyncio.gather(*waits)
+        # Connections adopted during the drain arrived after the loop above.
+        for conn in list(self.state.connections):
+            conn.drain()
         await self.state.idle_event().wait()
-
-    async def _accept_queued(self) -> None:
-        """Accept every connection already queued on our sockets; serve each once."""
-        loop = asyncio.get_running_loop()
-        pending = []
-        for sock in self._sockets:
-            sock.setblocking(False)
-            for _ in range(_MAX_BACKLOG_ACCEPT):
-                try:
-                    conn, _addr = sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    error_log.warning("accept during drain failed: %s", exc)
-                    break
-                conn.setblocking(False)
-                pending.append(
-                    loop.connect_accepted_socket(self._protocol, conn, ssl=self.config.ssl)
-                )
-        if pending:
-            results = await asyncio.gather(*pending, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    error_log.info("connection accepted during drain failed: %s", result)
 
     def _schedule_tick(self) -> None:
         loop = self.state.loop
