@@ -158,6 +158,9 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     if path == "/sleep":
         time.sleep(float(environ["QUERY_STRING"].partition("s=")[2] or "0.3"))
         return text(start_response, b"slept")
+    if path == "/big":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return Tracked(big(name), name)
     if path == "/endless":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return Tracked(endless(), name)
@@ -184,6 +187,17 @@ def raise_iter(start_response: StartResponse, name: str) -> Iterable[bytes]:
 
     start_response("200 OK", [("Content-Type", "text/plain")])
     return Tracked(gen(), name)
+
+
+def big(name: str) -> Iterator[bytes]:
+    chunk = b"b" * 65536
+    seen[name] = 0
+    for _ in range(BIG // len(chunk)):
+        seen[name] += len(chunk)
+        yield chunk
+
+
+BIG = 64 * 1024 * 1024
 
 
 def endless() -> Iterator[bytes]:
@@ -535,3 +549,29 @@ def test_root_path_sets_script_name() -> None:
         env = httpx.get(srv.url + "/environ").json()
         assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/api", "/environ")
     adapter.close()
+
+
+def test_a_slow_reader_holds_back_a_streaming_app(server: BackgroundServer) -> None:
+    # Backpressure: while the client reads nothing, the app's generator stops being
+    # pulled once the buffers (ours, the transport's, the kernel's) are full.
+    with connect(server.port, timeout=20) as sock:
+        sock.sendall(b"GET /big?token=big HTTP/1.1\r\nHost: t\r\n\r\n")
+        last, stable_since = -1, time.monotonic()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            produced = seen.get("big", 0)
+            if produced != last:
+                last, stable_since = produced, time.monotonic()
+            elif time.monotonic() - stable_since > 0.5:
+                break
+            time.sleep(0.05)
+        assert 0 < last < 24 * 1024 * 1024, last
+        # Now read it all (the chunked framing adds a few bytes per 64 KiB chunk).
+        received, tail = 0, b""
+        while not tail.endswith(b"\r\n0\r\n\r\n"):
+            data = sock.recv(1 << 20)
+            assert data, "closed before the end of the body"
+            received += len(data)
+            tail = (tail + data)[-16:]
+        assert BIG < received < BIG + 1024 * 1024
+    wait_for(closed_event("big"), "close()")

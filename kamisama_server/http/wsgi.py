@@ -24,6 +24,7 @@ in place of whatever the app answered, if no head was sent yet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -79,13 +80,17 @@ class WSGIAdapter:
     With ``threads == 1`` (and ``inline`` left on) a request whose body is
     already complete runs its app call on the loop's thread: with one thread
     only one call runs at a time either way, and the hop to a thread and back
-    cost, measured with wrk on one worker (hello app, 1 core for the worker):
-    CPU per request 25.7 us threaded vs 21.9 us inline at 32 connections
-    (medians of 5 interleaved runs), and 72 vs 40 us (9.5k vs 15k req/s) at
-    1 connection. What cannot run on the loop moves to the pool: an iterable
-    that must stream (no ``Content-Length`` reached) continues in a thread,
-    and an app that calls ``write()`` runs in threads from then on, since
-    neither may wait for a slow client on the loop's thread.
+    costs. Measured with wrk on one worker process (uvloop, 2 shared cores,
+    medians of interleaved runs), server CPU per request:
+    hello app, 32 connections: 18.1 us inline vs 21-23 us threaded (req/s
+    about +5%); 1 connection: 40 vs 72 us (15k vs 9.5k req/s). For Flask's
+    hello route (about 35 us of app code) the thread was slightly better:
+    74 vs 80 us and about +5% req/s, since the loop's syscalls overlap the
+    app's Python code; ``inline=False`` keeps that choice open.
+    What cannot run on the loop moves to the pool: an iterable that must
+    stream (no ``Content-Length`` reached) continues in a thread, and an app
+    that calls ``write()`` runs in threads from then on, since neither may
+    wait for a slow client on the loop's thread.
     """
 
     def __init__(self, app: WSGIApp, *, threads: int = 1, inline: bool = True) -> None:
@@ -100,12 +105,18 @@ class WSGIAdapter:
     async def __call__(self, exchange: Exchange) -> None:
         loop = asyncio.get_running_loop()
         environ = self._environ.build(exchange.head, None)
-        stream = await _make_input(environ, exchange, loop)
+        if "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ:
+            stream = await _make_input(environ, exchange, loop)
+        else:
+            stream = InputStream(None)  # no body: the common case needs no coroutine
         environ["wsgi.input"] = stream
         call = _Call(self, environ, stream, exchange, loop)
         if self.inline and stream.complete:
             call.inline = True
             call.run()
+            if call.done:
+                await call.complete()
+                return
         else:
             self._pool.submit(call.run)
         await call.pump()
@@ -144,7 +155,11 @@ async def _make_input(
         return InputStream(None, chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def pull() -> bytes:
-        return asyncio.run_coroutine_threadsafe(exchange.receive(), loop).result()
+        try:
+            future = asyncio.run_coroutine_threadsafe(exchange.receive(), loop)
+        except RuntimeError as exc:  # the loop is closed: the worker is going away
+            raise ClientDisconnected("the server is shutting down") from exc
+        return future.result()
 
     return InputStream(pull)
 
@@ -330,7 +345,7 @@ class _Call:
                 wake = not self.wake_pending
                 self.wake_pending = True
             if wake and not self.inline:  # inline, the loop looks once run() returns
-                self.loop.call_soon_threadsafe(self._on_wake)
+                self._wake_loop()
 
     def _take_file(self, wrapper: FileWrapper) -> None:
         """Keep ``wrapper`` for ``os.sendfile`` if it wraps a regular file."""
@@ -414,11 +429,16 @@ class _Call:
             if self.queued > _HIGH_WATER and not self.inline:
                 drained = self.drained = threading.Event()
         if wake:
-            self.loop.call_soon_threadsafe(self._on_wake)
+            self._wake_loop()
         if drained is not None:
             drained.wait()
             if self.loop_error is not None:
                 raise self.loop_error
+
+    def _wake_loop(self) -> None:
+        # RuntimeError: the loop is closed (the worker gave up waiting for us).
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._on_wake)
 
     # -- the loop's side -------------------------------------------------------
 
@@ -444,7 +464,7 @@ class _Call:
             elif not self.done:
                 await waiter
         # The app's side is finished: nothing touches the state but us now.
-        await self._complete()
+        await self.complete()
 
     def _release(self, items: list[bytes]) -> None:
         """Account for written (or dropped) chunks; let a waiting thread go on."""
@@ -474,7 +494,7 @@ class _Call:
         except (ValueError, OSError) as exc:
             self._fail_loop(exc)
 
-    async def _complete(self) -> None:
+    async def complete(self) -> None:
         """The app's side is done: send what is left and end, or answer the error."""
         exchange = self.exchange
         file, self.file = self.file, None
