@@ -41,6 +41,7 @@ def test_keep_alive_serves_several_requests_on_one_connection(server: Background
             assert resp.status == 200 and resp.body == b"ok /k%d" % i
             assert resp.header("connection") is None
             assert resp.header("date") and resp.header("server") == "kamisama"
+            assert [name for name, _ in resp.headers].count("content-length") == 1
 
 
 def test_pipelined_requests_are_answered_in_order(server: BackgroundServer) -> None:

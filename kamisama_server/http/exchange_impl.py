@@ -229,6 +229,7 @@ class HttpExchange(Exchange):
                 if not value.isdigit() or (length is not None and int(value) != length):
                     raise ValueError(f"invalid content-length {value!r}")
                 length = int(value)
+                continue  # written once below, after the framing is decided
             elif lname == b"connection":
                 if b"close" in value.lower():
                     close = True
