@@ -29,7 +29,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Protocol
 
 from kamisama_server.http.exchange import (
     ClientDisconnected,
@@ -634,8 +634,3 @@ async def _plain_response(
         await exchange.end()
     except ClientDisconnected:
         exchange.abort()
-
-
-def wsgi_handler(app: Any, *, threads: int = 1) -> WSGIAdapter:
-    """The engine handler for a WSGI ``app`` (what ``serve`` calls)."""
-    return WSGIAdapter(app, threads=threads)
