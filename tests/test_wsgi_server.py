@@ -244,11 +244,6 @@ def test_hello_and_keep_alive(client: httpx.Client) -> None:
         assert r.headers["content-length"] == "13"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: HttpExchange._build_head keeps the app's Content-Length "
-    "and appends its own (exchange_impl.py: the content-length branch lacks `continue`)",
-)
 def test_one_content_length_header(server: BackgroundServer) -> None:
     with connect(server.port) as sock:
         sock.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
