@@ -79,7 +79,16 @@ def ours_command() -> str:
 
 
 # The template our server is plugged in with (see benchmarks/README.md).
-OURS = ("{ours}", "{app}", "--workers", "{workers}", "--bind", "127.0.0.1:{port}")
+# Access logs are off for everyone (the peers' default; ours logs by default).
+OURS = (
+    "{ours}",
+    "{app}",
+    "--workers",
+    "{workers}",
+    "--bind",
+    "127.0.0.1:{port}",
+    "--no-access-log",
+)
 GUNICORN = ("{bin}/gunicorn", "--workers", "{workers}", "--bind", "127.0.0.1:{port}")
 GRANIAN = ("{bin}/granian", "--workers", "{workers}", "--host", "127.0.0.1", "--port", "{port}")
 SIGUSR1, SIGHUP = signal.SIGUSR1, signal.SIGHUP

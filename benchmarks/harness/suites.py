@@ -193,6 +193,14 @@ class Bench:
             servers.pop(cell, None)
             self.registry.stop(server, grace=2.0)
             return
+        bad = res.socket_errors + res.non_2xx
+        if bad > 0.01 * max(1, res.requests):
+            self.fail(
+                f"throughput/{app_key}/{key}",
+                f"wrk counted {res.socket_errors} socket errors and {res.non_2xx} non-2xx answers "
+                f"for {res.requests} completed requests (a response wrk's parser rejects, e.g. "
+                "a duplicate Content-Length, shows as read errors); its figures are not valid",
+            )
         self.results.throughput.append(
             {
                 "app": app_key,
