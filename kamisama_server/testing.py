@@ -238,12 +238,14 @@ class LiveServer:
             if code is not None:
                 self.close()  # also collects the last of its output
                 raise ServerStartError(
-                    f"kamisama-serve exited with code {code} before listening\n{self._report()}"
+                    f"kamisama-serve (pid {self.pid}) exited with code {code} before listening\n"
+                    f"{self._report()}"
                 )
             if time.monotonic() >= deadline:
                 self.close(grace=0)
                 raise ServerStartError(
-                    f"kamisama-serve did not report listening within {timeout}s; killed\n"
+                    f"kamisama-serve (pid {self.pid}) did not report listening within {timeout}s; "
+                    "killed\n"
                     f"{self._report()}"
                 )
             self._out.wait_changed(_POLL)
@@ -262,8 +264,7 @@ class LiveServer:
         try:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self._kill_group()
-            self.process.wait()
+            self.close(grace=0)
             raise AssertionError(
                 f"kamisama-serve did not exit within {timeout}s of {signals.Signals(sig).name}; "
                 f"killed\n{self._report()}"
