@@ -11,16 +11,20 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from http_support import Reader
 from processes import pid_alive, wait_until
 
 SERVE = str(Path(sys.executable).with_name("kamisama-serve"))
@@ -231,3 +235,175 @@ def pids_gone(pids: Sequence[int], timeout: float = 10.0) -> None:
 
 def elapsed(start: float) -> float:
     return time.monotonic() - start
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadResult:
+    """What the load's clients saw. ``lost`` lists every request written but not answered 200."""
+
+    sent: int = 0
+    ok: int = 0
+    lost: list[str] = field(default_factory=list)
+    closed_before_send: int = 0
+    connect_errors: list[str] = field(default_factory=list)
+    closes_announced: int = 0
+    pids: set[int] = field(default_factory=set)
+
+
+class Load:
+    """``clients`` threads sending ``GET path`` over raw sockets until told to stop.
+
+    Keep-alive by default (``fresh=True``: a new connection per request). The
+    accounting is strict: a request counts as lost if it was written and no full
+    200 came back, whatever the reason (reset, EOF, timeout, other status). The
+    only excused case is a connection the server had already closed before the
+    request was written (seen as end-of-file just before writing).
+
+    New connections are opened under a lock that :meth:`signal_server` takes, so
+    every connection was established before the signal or not at all.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        clients: int = 32,
+        path: str = "/",
+        fresh: bool = False,
+        max_seconds: float = 60.0,
+        max_requests: int = 100_000,
+    ) -> None:
+        self.port = port
+        self.request = f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+        self.fresh = fresh
+        self.max_seconds = max_seconds
+        self.max_requests = max_requests
+        self.result = LoadResult()
+        self.lock = threading.Lock()  # guards result and connecting
+        self.stopping = False
+        self.threads = [
+            threading.Thread(target=self._client, name=f"load-{i}", daemon=True)
+            for i in range(clients)
+        ]
+        self.queued: list[socket.socket] = []
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_ok(self, count: int, timeout: float = 20.0) -> None:
+        wait_until(lambda: self.result.ok >= count, timeout, f"{count} answered requests")
+
+    def signal_server(self, send: Callable[[], None], queued: int = 0) -> None:
+        """Stop opening connections, open ``queued`` fresh one-request connections, then send.
+
+        The extra connections are in the kernel's queue (or just accepted) when
+        the signal lands: the drain must answer each of them.
+        """
+        with self.lock:
+            self.stopping = True
+            for _ in range(queued):
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                sock.sendall(self.request)
+                self.queued.append(sock)
+                self.result.sent += 1
+            send()
+
+    def stop(self, timeout: float = 30.0) -> LoadResult:
+        """Let every client finish its current request; read the queued connections' answers."""
+        with self.lock:
+            self.stopping = True
+        for sock in self.queued:
+            self._answer(sock, Reader(sock), "queued")
+            sock.close()
+        self.queued.clear()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self.threads if t.is_alive()]
+        assert not alive, f"load clients still running after {timeout}s: {alive}"
+        return self.result
+
+    # ---- one client ----------------------------------------------------------
+
+    def _client(self) -> None:
+        sock: socket.socket | None = None
+        reader: Reader | None = None
+        deadline = time.monotonic() + self.max_seconds
+        try:
+            for _ in range(self.max_requests):
+                if time.monotonic() > deadline:
+                    break
+                if sock is not None and _peer_closed(sock):
+                    with self.lock:
+                        self.result.closed_before_send += 1
+                    sock.close()
+                    sock = None
+                if sock is None:
+                    with self.lock:
+                        if self.stopping:
+                            break
+                        try:
+                            sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                        except OSError as error:
+                            self.result.connect_errors.append(repr(error))
+                            break
+                    reader = Reader(sock)
+                assert reader is not None
+                keep = self._one(sock, reader)
+                if not keep or self.fresh:
+                    sock.close()
+                    sock = None
+                    if self.stopping:
+                        break
+        finally:
+            if sock is not None:
+                sock.close()
+
+    def _one(self, sock: socket.socket, reader: Reader) -> bool:
+        """Send one request and read its answer; False when the connection is done."""
+        with self.lock:
+            self.result.sent += 1
+        try:
+            sock.sendall(self.request)
+        except OSError as error:
+            with self.lock:
+                self.result.lost.append(f"send: {error!r}")
+            return False
+        return self._answer(sock, reader, "keep-alive")
+
+    def _answer(self, sock: socket.socket, reader: Reader, kind: str) -> bool:
+        try:
+            response = reader.response()
+        except (EOFError, OSError, AssertionError, ValueError) as error:
+            with self.lock:
+                self.result.lost.append(f"{kind}: {type(error).__name__}: {error}")
+            return False
+        close = response.header("connection") == "close"
+        with self.lock:
+            if response.status != 200:
+                self.result.lost.append(f"{kind}: status {response.status}")
+                return False
+            self.result.ok += 1
+            self.result.closes_announced += close
+            with contextlib.suppress(ValueError, IndexError):
+                self.result.pids.add(int(response.body.split()[0]))
+        return not close
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True if the server closed this idle connection (EOF or reset waiting to be read)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
