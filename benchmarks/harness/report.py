@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -349,12 +350,28 @@ def _failures_section(results: Results) -> list[str]:
     return [*lines, ""]
 
 
+def contention(results: Results) -> str:
+    """One line on how busy the machine was with other work during the measurements."""
+    other = [r["other_cores"] for r in results.throughput if r.get("other_cores") is not None]
+    if not other:
+        return ""
+    median = statistics.median(other)
+    load = results.meta.get("loadavg_end") or [0.0]
+    word = "heavily contended" if median > 0.5 else "contended" if median > 0.15 else "quiet"
+    return (
+        f"This run was **{word}**: other processes used a median {median:.2f} of the 2 cores "
+        f"during the throughput runs (load average {load[0]:.1f} at the end)."
+    )
+
+
 def markdown(results: Results, chart_name: str) -> str:
     date = str(results.meta.get("started", ""))[:10]
     lines = [
         f"# kamisama-serve vs peers — {date} ({results.mode} mode)",
         "",
         f"> {CAVEAT}",
+        "",
+        contention(results),
         "",
         f"![throughput and CPU per request]({chart_name})",
         "",
@@ -386,7 +403,8 @@ def summary(results: Results, md_path: Path, png_path: Path, readme: Path) -> st
         "",
         f"Machine: {meta.get('cpu')}, {meta.get('cores')} cores, Linux {meta.get('kernel')}, "
         f"Python {meta.get('python')}; load average at start {_load(meta.get('loadavg_start'))}. "
-        "Other engineers' test runs shared these cores: **only ratios within this run count.**",
+        "Other engineers' test runs shared these cores: **only ratios within this run count.** "
+        + contention(results),
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + ".",
         "",
