@@ -323,7 +323,7 @@ def _kill_leftovers() -> None:
 
 def start_server(
     app: str,
-    workers: int = 2,
+    workers: int | None = 2,
     *,
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
@@ -336,16 +336,15 @@ def start_server(
     """Start ``kamisama-serve APP`` and return once every worker accepts.
 
     ``command`` replaces ``[sys.executable, "-m", "kamisama_server"]`` (e.g. the
-    ``kamisama-serve`` script). Options become flags (see the module docstring).
+    ``kamisama-serve`` script). Options become flags (see the module docstring);
+    ``workers=None`` leaves the count to ``WEB_CONCURRENCY`` or the CPU count.
     """
     if not {"bind", "host", "port"} & options.keys():
         options["bind"] = _DEFAULT_BIND
     argv = [
         *(command or [sys.executable, "-m", "kamisama_server"]),
         app,
-        "--workers",
-        str(workers),
-        *_flags(options),
+        *_flags({"workers": workers, **options}),
         *args,
     ]
     server = LiveServer(argv, env=env, cwd=cwd, stop_timeout=stop_timeout)
@@ -358,7 +357,7 @@ def start_server(
 class ServerFactory(Protocol):
     """The type of ``kamisama_server_factory``: :func:`start_server`'s signature."""
 
-    def __call__(self, app: str, workers: int = 2, **kwargs: Any) -> LiveServer: ...
+    def __call__(self, app: str, workers: int | None = 2, **kwargs: Any) -> LiveServer: ...
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -380,7 +379,7 @@ def kamisama_server_factory() -> Iterator[ServerFactory]:
     """``factory(app, workers=2, **options) -> LiveServer``; all stopped at teardown."""
     started: list[LiveServer] = []
 
-    def factory(app: str, workers: int = 2, **kwargs: Any) -> LiveServer:
+    def factory(app: str, workers: int | None = 2, **kwargs: Any) -> LiveServer:
         server = start_server(app, workers, **kwargs)
         started.append(server)
         return server

@@ -3,7 +3,10 @@ the pytest plugin's fixture; real clients (httpx, websockets) check every route.
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -85,4 +88,99 @@ def test_fastapi_example_routes_lifespan_and_websocket(
         for text in ("hello", "kamisama", "é" * 1000):
             websocket.send(text)
             assert websocket.recv(timeout=10) == "echo: " + text
+    assert server.stop(signal.SIGTERM) == 0
+
+
+# ---- the Dockerfile (no Docker engine here: static checks, and its CMD served live) ------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of every stage, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def dockerfile_final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (name, _) in enumerate(instructions) if name == "FROM")
+    return instructions[last_from:]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name, arguments in dockerfile_final_stage():
+        if name == "ENV":
+            for item in shlex.split(arguments):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def dockerfile_cmd() -> list[str]:
+    (arguments,) = [args for name, args in dockerfile_final_stage() if name == "CMD"]
+    cmd = json.loads(arguments)  # exec form: a JSON array, else a shell would be PID 1
+    assert isinstance(cmd, list) and all(isinstance(part, str) for part in cmd)
+    return cmd
+
+
+def test_dockerfile_runs_the_server_as_pid_1_by_exec_form_as_non_root() -> None:
+    stage = dockerfile_final_stage()
+    assert stage[0] == ("FROM", "python:3.11-slim")
+    cmd = dockerfile_cmd()
+    assert cmd[0] == "kamisama-serve"
+    assert not {name for name, _ in stage} & {"ENTRYPOINT", "SHELL"}
+    (user,) = [args for name, args in stage if name == "USER"]
+    assert user.split(":")[0] not in ("root", "0")
+    stop = [args for name, args in stage if name == "STOPSIGNAL"]
+    assert stop in ([], ["SIGTERM"])
+
+
+def test_dockerfile_leaves_port_and_workers_to_the_environment() -> None:
+    """No flag in the CMD may override ``PORT`` or ``WEB_CONCURRENCY``."""
+    cmd = dockerfile_cmd()
+    assert not {"-b", "--bind", "--host", "--port", "-w", "--workers"} & set(cmd)
+    assert dockerfile_env()["PORT"] == "8000"
+    assert "WEB_CONCURRENCY" not in dockerfile_env()
+
+
+def test_dockerignore_keeps_out_what_the_image_does_not_need_but_not_what_it_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {".git", ".venv", "tests", "benchmarks"} <= set(patterns)
+    copied = [
+        source
+        for name, args in dockerfile_instructions()
+        if name == "COPY" and "--from=" not in args
+        for source in args.split()[:-1]
+    ]
+    assert set(copied) == {"pyproject.toml", "README.md", "kamisama_server", "examples"}
+    for source in copied:
+        assert (REPO / source).exists(), source
+        assert not any(fnmatch.fnmatch(source, pattern) for pattern in patterns), source
+
+
+def test_dockerfile_cmd_serves_with_the_image_environment(
+    kamisama_server_factory: ServerFactory,
+) -> None:
+    """The image's exact command and environment, except the address (127.0.0.1 only)."""
+    cmd = dockerfile_cmd()
+    env = {k: v for k, v in dockerfile_env().items() if k not in ("PATH", "PORT")}
+    server = kamisama_server_factory(
+        cmd[1],
+        command=[str(KAMISAMA_SERVE)],
+        args=cmd[2:],
+        env={**env, "WEB_CONCURRENCY": "2"},
+        workers=None,  # from WEB_CONCURRENCY, as in the container
+        cwd=REPO,
+    )
+    assert "--workers" not in server.argv
+    assert server.workers == 2
+    assert httpx.get(server.url + "/", timeout=10).text == "Hello from Flask on kamisama-serve\n"
     assert server.stop(signal.SIGTERM) == 0
