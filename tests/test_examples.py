@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
+import shutil
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from processes import wait_until
 from websockets.sync.client import connect
 
-from kamisama_server.testing import ServerFactory
+from kamisama_server.testing import LiveServer, ServerFactory
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -184,3 +189,95 @@ def test_dockerfile_cmd_serves_with_the_image_environment(
     assert server.workers == 2
     assert httpx.get(server.url + "/", timeout=10).text == "Hello from Flask on kamisama-serve\n"
     assert server.stop(signal.SIGTERM) == 0
+
+
+# ---- the master as PID 1, as in the container (a PID namespace via unshare) -------------
+
+ORPHANING_APP = """
+import subprocess
+
+def app(environ, start_response):
+    # sh starts a background sleep and exits at once: the sleep is orphaned,
+    # so the kernel hands it to PID 1, the master.
+    subprocess.run(["sh", "-c", "sleep 0.5 &"], check=True)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"spawned"]
+"""
+
+
+def _pid_namespace_command() -> list[str] | None:
+    """``unshare`` making the next process PID 1 of a new PID namespace, if allowed."""
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        return None
+    for prefix in (
+        ["unshare", "--pid", "--fork", "--mount-proc"],
+        ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"],
+    ):
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return prefix
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+@pytest.fixture
+def as_pid_1(
+    tmp_path: Path, kamisama_server_factory: ServerFactory
+) -> Iterator[tuple[LiveServer, int]]:
+    """A server whose master is PID 1 of its namespace; (server, the master's real pid)."""
+    prefix = _pid_namespace_command()
+    if prefix is None:
+        pytest.skip("cannot create a PID namespace here (needs Linux, unshare, privileges)")
+    (tmp_path / "orphaning.py").write_text(ORPHANING_APP)
+    server = kamisama_server_factory(
+        "orphaning:app", workers=2, command=[*prefix, str(KAMISAMA_SERVE)], cwd=tmp_path
+    )
+    assert server.stdout.splitlines()[0].endswith("(2 workers, pid 1)")
+    (master,) = _children(server.pid)  # server.pid is unshare's, which waits for PID 1
+    yield server, master
+    if server.process.poll() is None:  # unshare ignores SIGTERM: stop PID 1 itself
+        os.kill(master, signal.SIGTERM)
+        server.process.wait(20)
+
+
+def test_master_as_pid_1_serves_and_drains_on_sigterm(as_pid_1: tuple[LiveServer, int]) -> None:
+    """What `docker stop` does to the exec-form CMD: SIGTERM to PID 1, from outside."""
+    server, master = as_pid_1
+    assert httpx.get(server.url, timeout=10).text == "spawned"
+    os.kill(master, signal.SIGTERM)
+    assert server.process.wait(20) == 0  # unshare exits with PID 1's status
+    server.wait_for("worker 1 (pid", stream="stderr")
+    assert server.stderr.count(" shut down\n") == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the supervisor reaps its workers by pid only, so orphans it inherits as PID 1 "
+    "stay zombies: advise `docker run --init` until it reaps strays when it is PID 1",
+)
+def test_master_as_pid_1_reaps_orphaned_grandchildren(as_pid_1: tuple[LiveServer, int]) -> None:
+    server, master = as_pid_1
+    assert httpx.get(server.url, timeout=10).text == "spawned"
+    (orphan,) = wait_until(
+        lambda: [pid for pid in _children(master) if _comm(pid) == "sleep"],
+        timeout=10,
+        what="the orphaned sleep handed to PID 1",
+    )
+    wait_until(
+        lambda: not Path(f"/proc/{orphan}").exists(),
+        timeout=3,
+        what=f"orphan {orphan} reaped after its 0.5 s sleep",
+    )
