@@ -20,8 +20,11 @@ Fixtures::
 startup_timeout=30, stop_timeout=15, command=None, **options) -> LiveServer``
     Each option is a flag: ``keep_alive=1`` -> ``--keep-alive 1``, ``True`` ->
     ``--flag``, ``False`` -> ``--no-flag``, a list repeats the flag, ``None`` omits
-    it. ``args`` are extra raw arguments, appended last (so they win).
-    ``bind="..."`` (or ``host``/``port``) replaces the default ``127.0.0.1:0``.
+    it (``workers=None``: ``WEB_CONCURRENCY`` or the CPU count decides). ``args``
+    are extra raw arguments, appended last (so they win). ``bind=...`` (or
+    ``host``/``port``) replaces the default ``127.0.0.1:0``. ``env`` is added
+    to the current environment; ``command`` replaces ``python -m kamisama_server``
+    (e.g. ``["kamisama-serve"]``). A misspelt option is the server's usage error.
 
 ``kamisama_server``
     One server per test, from the closest ``@pytest.mark.kamisama_app(app,
@@ -30,21 +33,25 @@ startup_timeout=30, stop_timeout=15, command=None, **options) -> LiveServer``
     the ini file's directory (else the rootdir), so ``APP`` and relative paths
     resolve the same wherever pytest is started.
 
-``LiveServer``: ``url`` (first listening URL), ``urls``, ``port``, ``pid`` (the
-master), ``stdout``/``stderr`` (captured so far), ``worker_pids()`` ({worker
-id: pid}), ``wait_for(text, stream="stderr", timeout=10)``,
-``send_signal(sig)``, ``stop(sig=SIGTERM) -> exit code``, ``close()``; also a
-context manager. For a server shared by many tests, write a session fixture
-around :func:`start_server`::
+``LiveServer``: ``url`` (first listening URL), ``urls``, ``port``, ``workers``
+(as announced), ``pid`` (the master), ``process`` (its ``Popen``),
+``stdout``/``stderr`` (captured so far, in memory), ``worker_pids()`` ({worker
+id: pid} of the live ones), ``wait_for(text, stream="stderr", timeout=10)``,
+``send_signal(sig)`` (to the master), ``stop(sig=SIGTERM) -> exit code``,
+``close()``; also a context manager. For a server shared by many tests, write
+a session fixture around :func:`start_server`::
 
     @pytest.fixture(scope="session")
-    def live(tmp_path_factory):
+    def live():
         with start_server("myapp:app", workers=2) as server:
             yield server
 
 A server that exits or stays silent past ``startup_timeout`` raises
-:class:`ServerStartError` with its exit code and output. Only the standard
-library (and pytest) is imported here: the plugin costs runs that don't use it nothing.
+:class:`ServerStartError` with its exit code, command and output, after its
+whole process group was killed. This module imports only the standard library
+and pytest (the server runs in its own process), so it adds next to nothing to
+runs that don't use it. With ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` set, load it
+with ``-p kamisama_server.testing``.
 """
 
 from __future__ import annotations

@@ -104,6 +104,23 @@ def test_ini_options_and_the_ini_directory_as_cwd(
     result.assert_outcomes(passed=1)
 
 
+def test_plugin_loads_by_name_when_autoload_is_off(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(myapp=APP)
+    pytester.makepyfile(
+        test_named="""
+        import httpx, pytest
+        @pytest.mark.kamisama_app("myapp:app", workers=1)
+        def test_named(kamisama_server):
+            assert httpx.get(kamisama_server.url).status_code == 200
+        """
+    )
+    result = pytester.runpytest("-p", "kamisama_server.testing", "--strict-markers")
+    result.assert_outcomes(passed=1)
+
+
 def test_fixture_without_app_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_no_app(kamisama_server):\n    pass\n")
     result = pytester.runpytest("-p", "no:xdist")
