@@ -256,7 +256,8 @@ class LoadResult:
 class Load:
     """``clients`` threads sending ``GET path`` over raw sockets until told to stop.
 
-    Keep-alive by default (``fresh=True``: a new connection per request). The
+    Keep-alive by default (``fresh=True``: a new connection per request); each
+    client waits ``pause`` seconds between requests (light load). The
     accounting is strict: a request counts as lost if it was written and no full
     200 came back, whatever the reason (reset, EOF, timeout, other status). The
     only excused case is a connection the server had already closed before the
@@ -273,17 +274,20 @@ class Load:
         clients: int = 32,
         path: str = "/",
         fresh: bool = False,
+        pause: float = 0.0,
         max_seconds: float = 60.0,
-        max_requests: int = 100_000,
+        max_requests: int = 20_000,
     ) -> None:
         self.port = port
         self.request = f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
         self.fresh = fresh
+        self.pause = pause
         self.max_seconds = max_seconds
         self.max_requests = max_requests
         self.result = LoadResult()
         self.lock = threading.Lock()  # guards result and connecting
         self.stopping = False
+        self.finished = threading.Event()
         self.threads = [
             threading.Thread(target=self._client, name=f"load-{i}", daemon=True)
             for i in range(clients)
@@ -316,10 +320,16 @@ class Load:
                 self.result.sent += 1
             send()
 
-    def stop(self, timeout: float = 30.0) -> LoadResult:
-        """Let every client finish its current request; read the queued connections' answers."""
+    def stop(self, timeout: float = 30.0, finish: bool = True) -> LoadResult:
+        """Read the queued connections' answers and wait for every client to end.
+
+        ``finish``: each client ends after its current request; else each goes
+        on over its open connection until the server closes it (after a signal).
+        """
         with self.lock:
             self.stopping = True
+        if finish:
+            self.finished.set()
         for sock in self.queued:
             self._answer(sock, Reader(sock), "queued")
             sock.close()
@@ -339,7 +349,7 @@ class Load:
         deadline = time.monotonic() + self.max_seconds
         try:
             for _ in range(self.max_requests):
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or self.finished.is_set():
                     break
                 if sock is not None and _peer_closed(sock):
                     with self.lock:
@@ -358,6 +368,8 @@ class Load:
                     reader = Reader(sock)
                 assert reader is not None
                 keep = self._one(sock, reader)
+                if self.pause and self.finished.wait(self.pause):  # pacing (light load)
+                    break
                 if not keep or self.fresh:
                     sock.close()
                     sock = None

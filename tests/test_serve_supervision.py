@@ -1,0 +1,141 @@
+"""The supervisor's promises through the server: crash recovery, scaling, rolling restart."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from processes import pid_alive, wait_until
+from serve_support import PID_APP, Load, Server, StartServer, pids_gone, serving
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[StartServer]:
+    yield from serving(tmp_path)
+
+
+CRASHY_APP = (
+    PID_APP
+    + """
+_pid_app = app
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/crash":
+        os._exit(1)
+    return _pid_app(environ, start_response)
+"""
+)
+
+
+def start(serve: StartServer, mode: str, workers: int = 2, source: str = PID_APP) -> Server:
+    args = ["app:app", "--bind", "127.0.0.1:0", "-w", str(workers), "--socket-mode", mode]
+    server = serve([*args, "--timeout", "5", "--no-access-log"], modules={"app": source})
+    server.wait_listening()
+    return server
+
+
+def timed_gets(server: Server, count: int, timeout: float = 10.0) -> list[tuple[float, int]]:
+    """``count`` concurrent fresh-connection GETs: (seconds to answer, answering pid) each."""
+    results: list[tuple[float, int]] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        began = time.monotonic()
+        try:
+            response = server.get("/", timeout=timeout)
+            with lock:
+                results.append((time.monotonic() - began, int(response.text.split()[0])))
+        except httpx.HTTPError as error:
+            with lock:
+                errors.append(repr(error))
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout + 5)
+    assert not errors, f"{len(errors)} of {count} failed: {errors[:3]}"
+    assert len(results) == count
+    return results
+
+
+@pytest.mark.parametrize("mode", ["reuseport", "shared"])
+def test_a_crashed_worker_is_respawned_with_its_id_and_queued_connections_are_served(
+    serve: StartServer, mode: str
+) -> None:
+    server = start(serve, mode, source=CRASHY_APP)
+    before = server.started()
+    with pytest.raises(httpx.HTTPError):
+        server.get("/crash")
+    crashed_at = time.monotonic()
+    # Fresh connections right away: in reuseport mode some are hashed to the dead slot.
+    results = timed_gets(server, 24)
+    server.wait_for_log("exited with code 1; respawning")
+    after = server.started()
+    assert sorted(after) == [1, 2]
+    (dead_wid,) = [w for w in before if before[w] != after[w]]
+    assert not pid_alive(before[dead_wid])
+    respawned = after[dead_wid]
+    slot_latencies = sorted(t for t, pid in results if pid == respawned)
+    worst = max(t for t, _ in results)
+    print(
+        f"\n{mode}: crash -> answers within {worst:.2f}s "
+        f"({len(slot_latencies)} of 24 by the respawned worker, "
+        f"worst {max(slot_latencies, default=0):.2f}s), "
+        f"respawn seen {time.monotonic() - crashed_at:.2f}s after the crash"
+    )
+    assert worst < 3.0, results
+    assert server.answering_pids(2) == {after[1], after[2]}
+    assert server.stop() == 0, server.output()
+
+
+@pytest.mark.parametrize("mode", ["reuseport", "shared"])
+def test_sigttin_adds_a_worker_and_sigttou_removes_one(serve: StartServer, mode: str) -> None:
+    server = start(serve, mode)
+    server.send_signal(signal.SIGTTIN)
+    server.wait_for_log("one worker more, now 3")
+    wait_until(lambda: 3 in server.started(), 10, "worker 3 started")
+    assert server.answering_pids(3) == set(server.started().values())
+    third = server.started()[3]
+    server.send_signal(signal.SIGTTOU)
+    server.wait_for_log("one worker fewer, now 2")
+    pids_gone([third])
+    # Every fresh connection is still answered, none waits on the removed slot.
+    results = timed_gets(server, 30, timeout=3)
+    assert {pid for _, pid in results} <= {server.started()[1], server.started()[2]}
+    worst = max(t for t, _ in results)
+    assert worst < 3.0, results
+    assert len(server.listening_lines()) == 1
+    assert server.stop() == 0, server.output()
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "keep-alive"])
+@pytest.mark.parametrize("mode", ["reuseport", "shared"])
+def test_sigusr1_replaces_every_worker_without_failing_a_request(
+    serve: StartServer, mode: str, fresh: bool
+) -> None:
+    server = start(serve, mode)
+    old = server.started()
+    with Load(server.port, clients=4, fresh=fresh, pause=0.02, max_seconds=40) as load:
+        load.wait_ok(20)
+        server.send_signal(signal.SIGUSR1)
+        server.wait_for_log("rolling restart done", timeout=20)
+        new = server.started()
+        pids_gone(list(old.values()))
+        seen = load.result.ok
+        load.wait_ok(seen + 20)
+        result = load.stop()
+    assert sorted(new) == [1, 2]
+    assert not set(new.values()) & set(old.values())
+    print(f"\n{mode}/{'fresh' if fresh else 'keep-alive'}: sent={result.sent} ok={result.ok}")
+    assert result.lost == [], result.lost[:10]
+    assert result.pids & set(new.values()), "no request reached a new worker"
+    assert server.answering_pids(2) == set(new.values())
+    assert len(server.listening_lines()) == 1, server.out
+    assert server.stop() == 0, server.output()
