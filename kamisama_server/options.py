@@ -21,6 +21,9 @@ RunFn = Callable[[int], Any]
 ShutdownFn = Callable[[int, str], Any]
 """``shutdown(id, signal_name)``: sync or ``async def``; awaited before the worker exits."""
 
+SiblingFn = Callable[[int, str], Any]
+"""``on_sibling(id, "down" | "up" | "gone")``: another worker slot changed."""
+
 
 @dataclass(frozen=True)
 class KamisamaOptions:
@@ -54,9 +57,30 @@ class KamisamaOptions:
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     """The event loop an async ``run`` is awaited on (default: asyncio's)."""
 
+    on_sibling: SiblingFn | None = None
+    """Called in each worker when another slot changes: ``(id, "down")`` its worker
+    died and is not replaced yet, ``(id, "up")`` it serves again, ``(id, "gone")``
+    SIGTTOU removed it. Sync or async; on the worker's loop for an async ``run``.
+    Lets siblings cover for a slot that is down (the server adopts its socket)."""
+
+    on_shutdown: Callable[[str], object] | None = None
+    """Called in the master with the signal's name when a graceful shutdown begins,
+    before the workers are told (the server closes its listening sockets here)."""
+
+    on_slot_removed: Callable[[int], object] | None = None
+    """Called in the master once the last worker of a slot removed by SIGTTOU exited."""
+
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(KamisamaOptions))
-_OPTIONAL_CALLABLES = ("shutdown", "on_ready", "before_fork", "loop_factory")
+_OPTIONAL_CALLABLES = (
+    "shutdown",
+    "on_ready",
+    "before_fork",
+    "loop_factory",
+    "on_sibling",
+    "on_slot_removed",
+    "on_shutdown",
+)
 
 
 def resolve_options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> KamisamaOptions:

@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import os
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -52,9 +53,14 @@ class _Loaded:
 
 @dataclass
 class _WorkerState:
+    handler: AppHandler | None = None
     server: HttpServer | None = None
+    adopted: dict[int, HttpServer] = field(default_factory=dict)
+    """Sibling slots whose queue we accept on while their worker is down (reuseport)."""
     asgi: AsgiAdapter | None = None
     wsgi: WSGIAdapter | None = None
+    stopping: bool = False
+    serving: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -118,24 +124,49 @@ class ServerWorkers:
         self.state = _WorkerState()
 
     async def run(self, wid: int) -> None:
-        mine = self.listeners.sockets_for(wid)
-        for listener in self.listeners.all():
-            if listener.sock not in mine:
-                listener.sock.close()  # else a dropped slot's queue would outlive its socket
         try:
             loaded = self.loaded = self.loaded or load(self.config)
-            handler = await self._make_handler(loaded)
+            handler = self.state.handler = await self._make_handler(loaded)
             if loaded.run_hook is not None:
                 await _call(loaded.run_hook, wid)
         except (StartupFailed, LifespanFailed) as error:
             log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
             raise SystemExit(EXIT_CANNOT_START) from None
-        websocket = self.state.asgi.websocket if self.state.asgi else None
-        server = HttpServer(handler, self.http, websocket=websocket)
-        self.state.server = server
-        await server.start(mine)
+        server = self.state.server = self._new_server(handler)
+        await server.start(self.listeners.sockets_for(wid))
+        self.state.serving.set()
         ready()
         await self.state.stopped.wait()
+
+    def _new_server(self, handler: AppHandler) -> HttpServer:
+        websocket = self.state.asgi.websocket if self.state.asgi else None
+        return HttpServer(handler, self.http, websocket=websocket)
+
+    def _slot_sockets(self, wid: int) -> list[socket.socket]:
+        return [listener.sock for listener in self.listeners.per_slot.get(wid, [])]
+
+    async def on_sibling(self, wid: int, change: str) -> None:
+        """Cover a down sibling's ``SO_REUSEPORT`` queue until its successor is ready.
+
+        Without this, connections the kernel hashed to that slot would wait for
+        its respawn (or its backoff); with a shared socket there is nothing to do.
+        """
+        state = self.state
+        await state.serving.wait()
+        if state.stopping or state.handler is None:
+            return
+        if change == "down" and wid not in state.adopted:
+            sockets = self._slot_sockets(wid)
+            if sockets:
+                server = state.adopted[wid] = self._new_server(state.handler)
+                await server.start(sockets)
+        elif change in ("up", "gone"):
+            covering = state.adopted.pop(wid, None)
+            if covering is not None:
+                await covering.drain(timeout=self.config.timeout)
+            if change == "gone":
+                for sock in self._slot_sockets(wid):
+                    sock.close()
 
     async def _make_handler(self, loaded: _Loaded) -> AppHandler:
         if loaded.interface == "asgi":
@@ -149,9 +180,15 @@ class ServerWorkers:
 
     async def shutdown(self, wid: int, signal_name: str) -> None:
         state = self.state
+        state.stopping = True
+        servers = [server for server in (state.server, *state.adopted.values()) if server]
+        draining = {id(sock) for server in servers for sock in server.sockets}
+        for listener in self.listeners.all():
+            if id(listener.sock) not in draining:
+                listener.sock.close()  # the master closed its copy too: no new queue here
         try:
-            if state.server is not None:
-                await state.server.drain(timeout=self.config.timeout)
+            timeout = self.config.timeout
+            await asyncio.gather(*(s.drain(timeout, close_sockets=True) for s in servers))
             if state.asgi is not None:
                 await state.asgi.shutdown()
             if state.wsgi is not None:
@@ -221,6 +258,9 @@ def serve(config: ServeConfig) -> int:
         fail_fast=True,
         on_ready=announce,
         before_fork=listeners.add_slot,
+        on_sibling=workers.on_sibling,
+        on_slot_removed=listeners.drop_slot,
+        on_shutdown=lambda _signal: listeners.close(),
         loop_factory=_loop_factory(),
     )
     supervisor = Supervisor(options)

@@ -97,6 +97,7 @@ class Supervisor:
         self.status = EXIT_OK
         self.announced_ready = False
         self.rolling: _RollingRestart | None = None
+        self.down: set[int] = set()  # slots whose worker died and is not ready again
         self.pending_signals: list[int] = []
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
@@ -161,6 +162,9 @@ class Supervisor:
             line, process.inbox = process.inbox.split(b"\n", 1)
             if line == b"ready" and not process.ready:
                 process.ready = True
+                if process.wid in self.down and not process.stopping:
+                    self.down.discard(process.wid)
+                    self._tell_siblings(process.wid, "up")
                 self._check_all_ready()
 
     def _check_all_ready(self) -> None:
@@ -217,6 +221,11 @@ class Supervisor:
         deadline = time.monotonic() + self.options.timeout
         count = len(self.processes)
         log(f"{name} received: shutting down {count} worker(s), timeout {self.options.timeout}s")
+        if self.options.on_shutdown is not None:
+            try:
+                self.options.on_shutdown(name)
+            except Exception as error:
+                log(f"on_shutdown failed: {error!r}")
         for process in self.processes.values():
             self._stop_process(process, name, deadline)
 
@@ -225,8 +234,7 @@ class Supervisor:
         if process.stopping:
             return
         process.stopping = True
-        with contextlib.suppress(OSError):
-            process.channel.sendall(f"stop {name}\n".encode("ascii"))
+        self._send(process, f"stop {name}")
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
@@ -267,7 +275,21 @@ class Supervisor:
         self.processes[pid] = process
         self.selector.register(master_end, selectors.EVENT_READ, process)
         log(f"worker {wid} (pid {pid}) started")
+        for other in sorted(self.down - {wid}):
+            self._send(process, f"sibling {other} down")
         return process
+
+    def _send(self, process: _Process, line: str) -> None:
+        with contextlib.suppress(OSError):
+            process.channel.sendall(line.encode("ascii") + b"\n")
+
+    def _tell_siblings(self, wid: int, state: str) -> None:
+        """Broadcast a slot's change to the other workers (``on_sibling``)."""
+        if self.options.on_sibling is None or self.stopping:
+            return
+        for process in self.processes.values():
+            if process.wid != wid and not process.stopping:
+                self._send(process, f"sibling {wid} {state}")
 
     def _become_worker(self, wid: int, channel: socket.socket) -> NoReturn:
         """In the child: drop everything that is the master's, then run the worker."""
@@ -307,6 +329,7 @@ class Supervisor:
         reason = describe_exit(status)
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         if process.stopping or self.stopping:
+            self._forget_removed_slot(process.wid)
             if process.killed:
                 return
             if clean:
@@ -332,6 +355,20 @@ class Supervisor:
         delay = backoff_delay(self.failures.get(process.wid, 0))
         log(f"{who} {reason}; respawning in {delay:.1f}s")
         self.respawn_at[process.wid] = time.monotonic() + delay
+        if process.wid not in self.down and self._serving(process.wid) is None:
+            self.down.add(process.wid)
+            self._tell_siblings(process.wid, "down")
+
+    def _forget_removed_slot(self, wid: int) -> None:
+        """After SIGTTOU: once no worker of the slot is left, it is gone for good."""
+        if wid <= self.target or self.stopping:
+            return
+        if any(p.wid == wid for p in self.processes.values()):
+            return
+        self.down.discard(wid)
+        self._tell_siblings(wid, "gone")
+        if self.options.on_slot_removed is not None:
+            self.options.on_slot_removed(wid)
 
     def _respawn_due(self) -> None:
         now = time.monotonic()
@@ -362,6 +399,7 @@ class Supervisor:
         for process in list(self.processes.values()):
             if process.wid == wid:
                 self._stop_process(process, name, deadline)
+        self._forget_removed_slot(wid)  # at once if its worker was down
 
     def _begin_rolling_restart(self) -> None:
         if self.rolling is not None:

@@ -98,6 +98,12 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+def _report_task_failure(task: asyncio.Future[Any]) -> None:
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        traceback.print_exception(type(error), error, error.__traceback__)
+
+
 class Worker:
     """One worker process's life: run, then shut down exactly once."""
 
@@ -111,6 +117,7 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_future: asyncio.Future[str] | None = None
         self.pending_stop: str | None = None
+        self.pending_siblings: list[tuple[int, str]] = []
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
 
@@ -166,6 +173,9 @@ class Worker:
             self.stop_future = stop_future
             if self.pending_stop is not None:
                 stop_future.set_result(self.pending_stop)
+            for wid, state in self.pending_siblings:
+                loop.call_soon(self._start_sibling_task, wid, state)
+            self.pending_siblings.clear()
         run_task: asyncio.Future[Any] = asyncio.ensure_future(make_coro())
         await asyncio.wait({run_task, stop_future}, return_when=asyncio.FIRST_COMPLETED)
         if run_task.done() and not stop_future.done():
@@ -249,6 +259,9 @@ class Worker:
                         verb, _, arg = line.decode("ascii", "replace").partition(" ")
                         if verb == "stop":
                             self._stop(arg)
+                        elif verb == "sibling":
+                            wid, _, state = arg.partition(" ")
+                            self._sibling(int(wid), state)
                 else:
                     for signum in os.read(self.wake_r, 64):
                         if any(signum == sig for sig in SHUTDOWN_SIGNALS):
@@ -267,6 +280,40 @@ class Worker:
                     self.loop.call_soon_threadsafe(self._resolve_stop, name)
                 return
         exit_now(self._call_hook_sync(name))
+
+    def _sibling(self, wid: int, state: str) -> None:
+        """Hand a sibling's change to ``on_sibling``, in the order they came."""
+        callback = self.options.on_sibling
+        if callback is None:
+            return
+        with self.lock:
+            if self.stopping:
+                return
+            if self.async_mode:
+                if self.loop is None:
+                    self.pending_siblings.append((wid, state))
+                else:
+                    self.loop.call_soon_threadsafe(self._start_sibling_task, wid, state)
+                return
+        try:
+            result = callback(wid, state)
+            if inspect.isawaitable(result):
+                asyncio.run(_await(result))
+        except Exception:
+            traceback.print_exc()
+
+    def _start_sibling_task(self, wid: int, state: str) -> None:
+        callback = self.options.on_sibling
+        if callback is None:
+            return
+        try:
+            result = callback(wid, state)
+        except Exception:
+            traceback.print_exc()
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            task.add_done_callback(_report_task_failure)
 
     def _resolve_stop(self, name: str) -> None:
         if self.stop_future is not None and not self.stop_future.done():

@@ -6,6 +6,7 @@ gets them too.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 
@@ -182,5 +183,60 @@ sys.exit(kamisama(workers=1, run=run))
     master.wait_for_log("respawning in", count=4)
     delays = re.findall(r"respawning in (\S+)s", master.err)
     assert delays[:4] == ["0.1", "0.2", "0.4", "0.1"]
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0
+
+
+def test_siblings_hear_a_slot_go_down_come_back_up_and_go_away(script):
+    master = script(
+        PRELUDE
+        + """
+def run(id):
+    print(f"pid {id} {os.getpid()}")
+
+async def on_sibling(id, state):
+    print(f"worker {worker_id()} hears {id} {state}")
+
+def on_slot_removed(id):
+    print(f"master removed slot {id} {worker_id()}")
+
+sys.exit(kamisama(workers=3, run=run, on_sibling=on_sibling, on_slot_removed=on_slot_removed))
+"""
+    )
+    first = wait_until(lambda: len(master.worker_pids()) == 3 and master.worker_pids())
+    os.kill(first[2], signal.SIGKILL)
+    master.wait_for_output("hears 2 up", count=2)
+    out = master.out
+    for wid in (1, 3):
+        assert out.index(f"worker {wid} hears 2 down") < out.index(f"worker {wid} hears 2 up")
+    assert "worker 2 hears" not in out
+    master.signal_master(signal.SIGTTOU)
+    master.wait_for_output("master removed slot 3 None")
+    master.wait_for_output("hears 3 gone", count=2)
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0
+
+
+def test_a_worker_started_while_a_sibling_is_down_hears_of_it(script):
+    master = script(
+        PRELUDE
+        + """
+def run(id):
+    print(f"pid {id} {os.getpid()}")
+    if id == 2:
+        sys.exit(1)  # slot 2 stays down, backing off
+
+def on_sibling(id, state):
+    print(f"worker {worker_id()} pid {os.getpid()} hears {id} {state}")
+
+sys.exit(kamisama(workers=2, run=run, on_sibling=on_sibling))
+"""
+    )
+    first = wait_until(lambda: master.worker_pids().get(1))
+    master.wait_for_output("hears 2 down")
+    os.kill(first, signal.SIGKILL)  # worker 1's successor must learn slot 2 is down
+    wait_until(lambda: master.worker_pids()[1] != first, what="worker 1 respawned")
+    second = master.worker_pids()[1]
+    master.wait_for_output(f"worker 1 pid {second} hears 2 down")
     master.signal_master(signal.SIGTERM)
     assert master.wait() == 0

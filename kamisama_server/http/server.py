@@ -61,6 +61,11 @@ class HttpServer:
         return self.state.inflight
 
     @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets this server accepts on (as given to ``start``)."""
+        return list(self._sockets)
+
+    @property
     def total_requests(self) -> int:
         """Responses completed (including error answers) since start."""
         return self.state.total_requests
@@ -76,10 +81,13 @@ class HttpServer:
             self._sockets.append(sock)
             loop.add_reader(sock.fileno(), self._on_readable, sock)
 
-    async def drain(self, timeout: float | None = None) -> None:
+    async def drain(self, timeout: float | None = None, *, close_sockets: bool = False) -> None:
         """Graceful stop: serve what was queued and in flight, then return.
 
-        Stops accepting, accepts what the kernel already queued, closes idle
+        Stops accepting, accepts what the kernel already queued (then, with
+        ``close_sockets``, closes the listening sockets at once: a connection
+        queued after that last accept would otherwise wait on a socket nobody
+        accepts on, and be reset when its last holder exits), closes idle
         keep-alive connections, lets in-flight requests finish (answered with
         ``connection: close``), asks WebSockets to close. After ``timeout``
         seconds whatever is left is closed hard.
@@ -92,6 +100,8 @@ class HttpServer:
         self._stop_accepting()
         for sock in self._sockets:
             self._accept(sock, _MAX_BACKLOG_ACCEPT)
+            if close_sockets:
+                sock.close()
         for conn in list(state.connections):
             conn.drain()
         waits: list[asyncio.Future[None]] = [asyncio.ensure_future(self._adopted())]
