@@ -2,7 +2,7 @@
 # A production-style image serving the Flask example with kamisama-serve.
 #
 #   docker build -t kamisama-example .
-#   docker run --rm --init -p 8000:8000 -e WEB_CONCURRENCY=4 kamisama-example
+#   docker run --rm -p 8000:8000 -e WEB_CONCURRENCY=4 kamisama-example
 #
 # Serve your own app: copy it instead of examples/ and change the CMD's APP.
 #
@@ -10,11 +10,8 @@
 # SIGTERM reaches it directly (no shell in between) and it drains its workers
 # and exits 0. The kernel drops signals PID 1 has no handler for, but the master
 # handles every signal it uses (SIGTERM, SIGINT, SIGHUP, SIGUSR1/2, SIGTTIN/OU).
-# It reaps its own workers only, by pid: if your app starts subprocesses that
-# outlive their parent (double-forks, or a worker killed after --timeout), their
-# zombies pile up under PID 1. Run with `docker run --init` (or `init: true`
-# in compose) when the app spawns processes; tini then is PID 1, forwards the
-# signal to the master and reaps everything.
+# As PID 1 it also reaps orphaned grandchildren re-parented to it (apps that
+# double-fork), so `--init` is not needed; it does no harm either.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

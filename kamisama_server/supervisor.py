@@ -211,7 +211,8 @@ class Supervisor:
 
     # ---- shutdown -----------------------------------------------------------------
 
-    def _begin_shutdown(self, name: str) -> None:
+    def _begin_shutdown(self, name: str, why: str | None = None) -> None:
+        """Tell every worker to stop; ``why`` replaces "NAME received" in the log."""
         if self.stopping:
             log(f"{name} received while already shutting down; ignored")
             return
@@ -220,7 +221,8 @@ class Supervisor:
         self.respawn_at.clear()
         deadline = time.monotonic() + self.options.timeout
         count = len(self.processes)
-        log(f"{name} received: shutting down {count} worker(s), timeout {self.options.timeout}s")
+        cause = why or f"{name} received"
+        log(f"{cause}: shutting down {count} worker(s), timeout {self.options.timeout}s")
         if self.options.on_shutdown is not None:
             try:
                 self.options.on_shutdown(name)
@@ -312,6 +314,8 @@ class Supervisor:
         worker_side.exit_now(code)
 
     def _reap(self) -> None:
+        if os.getpid() == 1:
+            self._reap_orphans()
         for pid, process in list(self.processes.items()):
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -319,10 +323,27 @@ class Supervisor:
                 done, status = pid, 0
             if done:
                 del self.processes[pid]
-                with contextlib.suppress(KeyError, ValueError):
-                    self.selector.unregister(process.channel)
-                process.channel.close()
+                self._forget(process)
                 self._on_exit(process, status)
+
+    def _reap_orphans(self) -> None:
+        """As PID 1 (a container's init) orphans are re-parented to us: reap them too."""
+        for _ in range(1024):
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            process = self.processes.pop(pid, None)
+            if process is not None:
+                self._forget(process)
+                self._on_exit(process, status)
+
+    def _forget(self, process: _Process) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(process.channel)
+        process.channel.close()
 
     def _on_exit(self, process: _Process, status: int) -> None:
         who = f"worker {process.wid} (pid {process.pid})"
@@ -346,7 +367,7 @@ class Supervisor:
         if self.options.fail_fast and not process.ready:
             log(f"{who} {reason} before it became ready; stopping")
             self.status = EXIT_NEVER_READY
-            self._begin_shutdown("SIGTERM")
+            self._begin_shutdown("SIGTERM", why="a worker could not start")
             return
         if time.monotonic() - process.started >= STABLE_AFTER:
             self.failures[process.wid] = 0

@@ -263,11 +263,6 @@ def test_master_as_pid_1_serves_and_drains_on_sigterm(as_pid_1: tuple[LiveServer
     assert server.stderr.count(" shut down\n") == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the supervisor reaps its workers by pid only, so orphans it inherits as PID 1 "
-    "stay zombies: advise `docker run --init` until it reaps strays when it is PID 1",
-)
 def test_master_as_pid_1_reaps_orphaned_grandchildren(as_pid_1: tuple[LiveServer, int]) -> None:
     server, master = as_pid_1
     assert httpx.get(server.url, timeout=10).text == "spawned"
