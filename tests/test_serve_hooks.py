@@ -7,6 +7,7 @@ interleave); the tests read the order of events from it.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -183,3 +184,12 @@ def test_preload_imports_the_app_once_in_the_master(serve: StartServer, preload:
     else:
         assert sorted(imported) == sorted(server.started().values())
     assert server.stop() == 0, server.output()
+
+
+def test_ctrl_c_to_the_whole_group_calls_each_shutdown_hook_once(serve: StartServer) -> None:
+    server = serve(["app:app", "--shutdown", "app:on_shutdown", *ARGS], modules={"app": WSGI_HOOKS})
+    server.wait_listening()
+    os.killpg(server.pid, signal.SIGINT)  # as a terminal's Ctrl+C: master and workers
+    assert server.wait() == 0, server.output()
+    stops = sorted((int(e[1]), e[2]) for e in events(server) if e[0] == "shutdown")
+    assert stops == [(1, "SIGINT"), (2, "SIGINT")], events(server)

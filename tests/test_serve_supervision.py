@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -92,6 +92,7 @@ def test_a_crashed_worker_is_respawned_with_its_id_and_queued_connections_are_se
     )
     assert worst < 3.0, results
     assert server.answering_pids(2) == {after[1], after[2]}
+    assert len(server.listening_lines()) == 1, server.out
     assert server.stop() == 0, server.output()
 
 
@@ -139,3 +140,60 @@ def test_sigusr1_replaces_every_worker_without_failing_a_request(
     assert server.answering_pids(2) == set(new.values())
     assert len(server.listening_lines()) == 1, server.out
     assert server.stop() == 0, server.output()
+
+
+FLAKY_SLOT_APP = (
+    PID_APP
+    + """
+from kamisama_server import worker_id
+
+_pid_app = app
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/crash-1":
+        if worker_id() == 1:
+            os._exit(1)
+        start_response("409 Conflict", [("Content-Length", "0")])
+        return [b""]
+    return _pid_app(environ, start_response)
+"""
+)
+
+
+@pytest.mark.parametrize("mode", ["reuseport", "shared"])
+def test_no_connection_waits_on_a_slot_that_is_backing_off(serve: StartServer, mode: str) -> None:
+    """Crash slot 1 five times running: its respawn backs off 1.6 s; nobody waits for it."""
+    server = start(serve, mode, source=FLAKY_SLOT_APP)
+
+    def respawned(crashes: int) -> Callable[[], bool]:
+        return lambda: sum(p not in old_pids for p in server.all_started_pids()) == crashes + 1
+
+    old_pids = {server.started()[2]}
+    crashes = 0
+    for _ in range(300):
+        if crashes == 5:
+            break
+        wait_until(respawned(crashes), 10, "worker 1 respawned")
+        try:
+            server.get("/crash-1", timeout=5)  # 409 from worker 2: try another connection
+        except httpx.HTTPError:
+            crashes += 1
+            server.wait_for_log("exited with code 1; respawning in", count=crashes)
+    assert crashes == 5, server.output()
+    assert "respawning in 1.6s" in server.err, server.err
+    results = timed_gets(server, 24)
+    worst = max(t for t, _ in results)
+    print(f"\n{mode}: during a 1.6 s backoff of slot 1, 24 fresh connections: worst {worst:.2f}s")
+    assert {pid for _, pid in results} == {server.started()[2]}
+    assert worst < 1.0, results
+    assert server.stop() == 0, server.output()
+
+
+def test_workers_do_not_outlive_a_killed_master(serve: StartServer) -> None:
+    server = start(serve, "reuseport")
+    workers = list(server.started().values())
+    began = time.monotonic()
+    server.send_signal(signal.SIGKILL)
+    server.wait(5)
+    pids_gone(workers, timeout=5)
+    print(f"\nworkers gone {time.monotonic() - began:.2f}s after the master's SIGKILL")
