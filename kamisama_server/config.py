@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -381,15 +382,33 @@ def _conventional(
         parser.error(f"environment variable {name}: {exc}")
 
 
-def _cpu_count() -> int:
-    """CPUs this process may run on (respects affinity/cgroup cpusets where visible)."""
+def _cpu_count(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: affinity, capped by a cgroup v2 CPU quota.
+
+    In a container limited with ``--cpus 2`` on a 32-core host, the affinity
+    still says 32; the quota (``cpu.max``: "200000 100000") says 2.
+    """
     if hasattr(os, "process_cpu_count"):  # Python 3.13+
         count: int | None = os.process_cpu_count()
     elif hasattr(os, "sched_getaffinity"):
         count = len(os.sched_getaffinity(0))
     else:
         count = os.cpu_count()
-    return max(1, count or 1)
+    count = max(1, count or 1)
+    quota = _cgroup_cpu_quota(cpu_max)
+    return min(count, quota) if quota else count
+
+
+def _cgroup_cpu_quota(path: str) -> int | None:
+    """Whole CPUs allowed by a cgroup v2 ``cpu.max`` file (rounded up), or None."""
+    try:
+        with open(path) as file:
+            quota, _, period = file.read().strip().partition(" ")
+        if quota == "max":
+            return None
+        return max(1, math.ceil(int(quota) / int(period or "100000")))
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 def _binds(

@@ -406,3 +406,16 @@ def test_defaults_agree_with_the_http_engine() -> None:
     assert {"limit_request_line", "keep_alive", "forwarded_allow_ips"} <= shared
     for name in sorted(shared):
         assert getattr(serve, name) == getattr(http, name), name
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cap"),
+    [("200000 100000", 2), ("150000 100000", 2), ("50000 100000", 1), ("max 100000", None)],
+)
+def test_default_workers_respect_a_container_cpu_quota(tmp_path, cpu_max, cap):
+    from kamisama_server.config import _cpu_count
+
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max + "\n")
+    unlimited = _cpu_count(str(tmp_path / "missing"))
+    assert _cpu_count(str(path)) == (min(unlimited, cap) if cap else unlimited)
