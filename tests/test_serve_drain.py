@@ -118,9 +118,13 @@ def in_flight(server: Server, count: int = 1) -> int:
     return int(path.read_text().split()[0])
 
 
-def test_request_longer_than_timeout_is_killed_at_the_timeout_exit_1(serve: StartServer) -> None:
-    args = ["app:app", "--bind", "127.0.0.1:0", "-w", "2", "--timeout", "1"]
-    server = serve(args, modules={"app": ASGI_SLEEPY})
+@pytest.mark.parametrize("kind", sorted(APPS))
+def test_request_longer_than_timeout_is_killed_at_the_timeout_exit_1(
+    serve: StartServer, kind: str
+) -> None:
+    source, extra = APPS[kind]
+    args = ["app:app", "--bind", "127.0.0.1:0", "-w", "2", "--timeout", "1", *extra]
+    server = serve(args, modules={"app": source})
     server.wait_listening()
     outcome: list[object] = []
 
