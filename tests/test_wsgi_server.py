@@ -83,6 +83,12 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     name = token(environ)
     if path == "/hello":
         return text(start_response, b"Hello, world!")
+    if path == "/record":
+        seen[name] = "called"
+        return text(start_response, b"recorded")
+    if path == "/bye":
+        start_response("200 OK", [("Content-Length", "3"), ("Connection", "close")])
+        return [b"bye"]
     if path == "/nolen":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"no ", b"length"]
@@ -242,6 +248,44 @@ def test_hello_and_keep_alive(client: httpx.Client) -> None:
         assert r.status_code == 200
         assert r.text == "Hello, world!"
         assert r.headers["content-length"] == "13"
+
+
+def test_pipelined_in_one_packet_and_nothing_after_a_close(server: BackgroundServer) -> None:
+    # Inline, body-less requests are answered inside the parser's callback: those
+    # pipelined in the same packet still go in order (around one with a body, which
+    # takes the task path), and a request after one whose response closes the
+    # connection never reaches the app.
+    hello = b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n"
+    raw = b"".join(
+        [
+            hello,
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+            b"GET /nolen HTTP/1.1\r\nHost: t\r\n\r\n",
+            hello,
+        ]
+    )
+    with connect(server.port) as sock:
+        sock.sendall(raw)
+        reader = Reader(sock)
+        bodies = [reader.response().body for _ in range(4)]
+    assert bodies[0] == bodies[3] == b"Hello, world!"
+    assert json.loads(bodies[1])["len"] == 3
+    assert bodies[2] == b"no length"
+    for i, last in enumerate(
+        (
+            b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",  # the client closes
+            b"GET /bye HTTP/1.1\r\nHost: t\r\n\r\n",  # the app closes
+        )
+    ):
+        after = b"GET /record?token=after-close-%d HTTP/1.1\r\nHost: t\r\n\r\n" % i
+        with connect(server.port) as sock:
+            sock.sendall(hello + last + after)
+            reader = Reader(sock)
+            bodies = [reader.response().body for _ in range(2)]
+            assert reader.closed()
+            assert reader.buf == b"", "nothing is answered after a response that closes"
+        assert bodies[0] == b"Hello, world!" and bodies[1] in (b"Hello, world!", b"bye")
+        assert f"after-close-{i}" not in seen, "the app never sees a request after a close"
 
 
 def test_one_content_length_header(server: BackgroundServer) -> None:

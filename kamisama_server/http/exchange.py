@@ -103,6 +103,17 @@ class Exchange(abc.ABC):
         ``Content-Length``, else chunked on HTTP/1.1, else close-delimited.
         """
 
+    def send_now(self, status: int, headers: Headers, body: bytes) -> bool:
+        """Send a whole response (head, ``body``, end) at once, without waiting.
+
+        Returns False, having sent nothing, when that cannot be done without
+        waiting (the client reads slowly, or the head already went out): the
+        adapter then goes the ``send_head``/``write``/``end`` way. Raises
+        ``ValueError`` like ``send_head``. Optional for implementations (the
+        default always says False); the engine's saves a coroutine per call.
+        """
+        return False
+
     @abc.abstractmethod
     async def write(self, data: bytes) -> None:
         """Send body bytes, waiting while the transport is paused (backpressure)."""
@@ -125,4 +136,15 @@ AppHandler = Callable[[Exchange], Awaitable[None]]
 
 The engine guarantees ``end()`` or ``abort()`` happened when the handler
 returns (it sends 500 itself if the handler raised before ``send_head``).
+"""
+
+ServeNow = Callable[[Exchange], Awaitable[None] | None]
+"""Optional, as an adapter's ``serve_now`` attribute: serve without a task.
+
+For an exchange whose request body is already complete the engine calls
+``adapter.serve_now(exchange)`` instead of the ``AppHandler``, on the loop,
+inside the parser's callback. It returns None once the exchange is answered,
+or an awaitable that finishes it (the engine runs that as the handler's task).
+It must never block: only adapters whose app call cannot wait for I/O (a WSGI
+app running inline) offer it. Raising is handled as for ``AppHandler``.
 """

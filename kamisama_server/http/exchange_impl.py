@@ -207,6 +207,35 @@ class HttpExchange(Exchange):
         self.status = status
         self._proto.loop.call_soon(self._flush_head)
 
+    def send_now(self, status: int, headers: Headers, body: bytes) -> bool:
+        proto = self._proto
+        if self._head_sent or proto.closed or proto.writing_paused:
+            return False
+        head = self._build_head(status, headers)
+        framing = self._framing
+        size = len(body)
+        if framing == _LENGTH:
+            if size > self._remaining:
+                raise ValueError("response body longer than its content-length")
+            if size < self._remaining:
+                self.keep_alive = False  # as in end(): only the close tells the client
+        self._head_sent = True
+        self.status = status
+        if self._no_body or framing == _NONE:
+            proto.write(head)
+        elif framing == _CHUNKED:
+            if size:
+                proto.write(b"%b%x\r\n%b\r\n0\r\n\r\n" % (head, size, body))
+            else:
+                proto.write(head + _LAST_CHUNK)
+        elif size < _BIG:
+            proto.write(head + body)
+        else:
+            proto.write(head)
+            proto.write(body)
+        self._complete()
+        return True
+
     def _build_head(self, status: int, headers: Headers) -> bytes:
         if type(status) is not int or not 200 <= status <= 599:
             raise ValueError(f"invalid response status {status!r}")

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import httptools
@@ -49,6 +50,10 @@ _FORBIDDEN_TRAILERS = frozenset(
     )
 )
 _LINGER = 2.0  # seconds we keep reading (and dropping) after an error before closing
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback: the connection is closing, parse nothing more."""
 
 
 class _Reject(Exception):
@@ -145,12 +150,16 @@ class HttpProtocol(asyncio.Protocol):
             self._on_upgrade(data[exc.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
+            if self._dead:
+                return  # a response inside this feed closed the connection (_Stop)
             if isinstance(cause, _Reject):
                 self._on_bad_input(cause.status, cause.reason)
             else:
                 error_log.error("HTTP parser callback failed", exc_info=cause)
                 self._on_bad_input(500, "Internal Server Error")
         except httptools.HttpParserError as exc:
+            if self._dead:
+                return  # e.g. llhttp refusing data after a "Connection: close" request we answered
             message = str(exc)
             status = 505 if message == "Invalid HTTP version" else 400
             self._on_bad_input(status, message)
@@ -185,6 +194,9 @@ class HttpProtocol(asyncio.Protocol):
     # httptools callbacks ----------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._dead:
+            # A response served inside this very feed closed the connection.
+            raise _Stop
         self._mid_head = True
         self._url = b""
         self._headers = []
@@ -305,6 +317,8 @@ class HttpProtocol(asyncio.Protocol):
                 return
             keep_alive = False  # bytes after this head are not HTTP we can parse
         exchange = HttpExchange(self, head, keep_alive, self._expect, length)
+        if not length and not self._chunked:
+            exchange.finish()  # no body: complete now, not at on_message_complete
         self.parsing = exchange
         self.timer = _NO_TIMER
         if self.exchange is None:
@@ -331,7 +345,7 @@ class HttpProtocol(asyncio.Protocol):
         if exchange is not None:
             self.parsing = None
             exchange.finish()
-            if exchange.finished and not self.closed:
+            if exchange.finished and self.reading_paused and not self.closed:
                 # Its response went out before the body was read to its end.
                 self.update_reading()
 
@@ -344,8 +358,22 @@ class HttpProtocol(asyncio.Protocol):
         if limit is not None and state.inflight >= limit:
             exchange.respond_error(503, "Service Unavailable")
             return
+        serve_now = state.serve_now
+        if serve_now is not None and exchange.body_complete:
+            # The handler may answer right here, without a task (WSGI inline).
+            try:
+                rest = serve_now(exchange)
+            except Exception as exc:
+                self._handler_failed(exchange, exc)
+                return
+            if rest is None:
+                if not exchange.finished:
+                    self._handler_returned(exchange)
+                return
+        else:
+            rest = state.handler(exchange)
         state.inflight += 1
-        task = self.loop.create_task(self._serve(exchange))
+        task = self.loop.create_task(self._serve(exchange, rest))
         state.tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -354,41 +382,53 @@ class HttpProtocol(asyncio.Protocol):
         state.tasks.discard(task)
         state.check_idle()
 
-    async def _serve(self, exchange: HttpExchange) -> None:
+    async def _serve(self, exchange: HttpExchange, handling: Awaitable[None]) -> None:
         """Run the app's handler; make sure a response (or a close) follows."""
         try:
-            await self.state.handler(exchange)
-        except ClientDisconnected:
+            await handling
+        except asyncio.CancelledError:
             exchange.abort()
-        except RequestBodyError as exc:
+            raise
+        except Exception as exc:
+            self._handler_failed(exchange, exc)
+        else:
+            if not exchange.finished:
+                self._handler_returned(exchange)
+        finally:
+            self.state.inflight -= 1
+
+    def _handler_failed(self, exchange: HttpExchange, exc: Exception) -> None:
+        """The handler raised: answer the error, or close if the head went out."""
+        if isinstance(exc, ClientDisconnected):
+            exchange.abort()
+        elif isinstance(exc, RequestBodyError):
             if exchange.headers_sent:
                 exchange.abort()
             else:
                 exchange.respond_error(exc.status, str(exc) or "")
-        except asyncio.CancelledError:
-            exchange.abort()
-            raise
-        except Exception:
+        else:
             if not self.closed:
-                error_log.exception(
-                    "Exception in app for %s %s", exchange.head.method, exchange.head.raw_path
+                error_log.error(
+                    "Exception in app for %s %s",
+                    exchange.head.method,
+                    exchange.head.raw_path,
+                    exc_info=exc,
                 )
             if exchange.headers_sent:
                 exchange.abort()
             else:
                 exchange.respond_error(500, "Internal Server Error")
+
+    def _handler_returned(self, exchange: HttpExchange) -> None:
+        """The handler returned without finishing its response."""
+        if self.closed:
+            exchange.abort()
+        elif exchange.headers_sent:
+            error_log.error("App returned without completing its response; closing")
+            exchange.abort()
         else:
-            if not exchange.finished:
-                if self.closed:
-                    exchange.abort()
-                elif exchange.headers_sent:
-                    error_log.error("App returned without completing its response; closing")
-                    exchange.abort()
-                else:
-                    error_log.error("App returned without sending a response")
-                    exchange.respond_error(500, "Internal Server Error")
-        finally:
-            self.state.inflight -= 1
+            error_log.error("App returned without sending a response")
+            exchange.respond_error(500, "Internal Server Error")
 
     def response_done(self, exchange: HttpExchange) -> None:
         """The exchange's response is complete: log, then serve the next or close."""
@@ -589,8 +629,8 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None or self.closed or transport.is_closing():
             return
         self.timer = _NO_TIMER
+        self._dead = True  # nothing after this is parsed (see on_message_begin)
         if linger and transport.can_write_eof():
-            self._dead = True
             if self.reading_paused:
                 self.reading_paused = False
                 transport.resume_reading()

@@ -14,7 +14,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Protocol
 
 from .config import HttpConfig
-from .exchange import AppHandler
+from .exchange import AppHandler, ServeNow
 from .proxy import TrustedProxies
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ class EngineState:
         websocket: WebSocketSupport | None = None,
     ) -> None:
         self.handler = handler
+        # The adapter's task-free entry point, if it has one (see exchange.ServeNow).
+        self.serve_now: ServeNow | None = getattr(handler, "serve_now", None)
         self.config = config
         self.websocket = websocket
         self.loop: asyncio.AbstractEventLoop | None = None

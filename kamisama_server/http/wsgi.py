@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Protocol
 
@@ -103,8 +103,33 @@ class WSGIAdapter:
         self._environ = EnvironBuilder(multithread=threads > 1, file_wrapper=FileWrapper)
 
     async def __call__(self, exchange: Exchange) -> None:
-        loop = asyncio.get_running_loop()
+        await self._serve(exchange, self._environ.build(exchange.head, None))
+
+    def serve_now(self, exchange: Exchange) -> Awaitable[None] | None:
+        """The engine's task-free entry (``exchange.ServeNow``), for complete bodies.
+
+        Inline, a body-less request is answered right here: the app call, its
+        list result and the response in one ``send`` need no coroutine, task or
+        extra loop iteration. Anything else returns the coroutine that does it.
+        """
+        if not self.inline:
+            return self(exchange)
         environ = self._environ.build(exchange.head, None)
+        if "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ:
+            return self._serve(exchange, environ)
+        stream = InputStream(None)
+        environ["wsgi.input"] = stream
+        call = _Call(self, environ, stream, exchange, asyncio.get_running_loop())
+        call.inline = True
+        call.run()
+        if not call.done:
+            return call.pump()
+        if call.complete_now():
+            return None
+        return call.complete()
+
+    async def _serve(self, exchange: Exchange, environ: Environ) -> None:
+        loop = asyncio.get_running_loop()
         if "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ:
             stream = await _make_input(environ, exchange, loop)
         else:
@@ -115,7 +140,8 @@ class WSGIAdapter:
             call.inline = True
             call.run()
             if call.done:
-                await call.complete()
+                if not call.complete_now():
+                    await call.complete()
                 return
         else:
             self._pool.submit(call.run)
@@ -493,6 +519,33 @@ class _Call:
             await _write_all(exchange, items)
         except (ValueError, OSError) as exc:
             self._fail_loop(exc)
+
+    def complete_now(self) -> bool:
+        """``complete()`` for the common case, without a coroutine; False: use that.
+
+        The common case: no error, no file, nothing streamed yet, a body that
+        fits one send, a client that is reading.
+        """
+        if (
+            self.app_error is not None
+            or self.loop_error is not None
+            or self.file is not None
+            or self.streaming
+            or self.stream.body_error is not None
+            or self.queued > _JOIN_MAX
+        ):
+            return False
+        if self.declared is None:
+            self._add_length(self.headers)
+            self.declared = self.sent  # so that complete() does not add it again
+        elif self._short():
+            return False
+        items = self.items
+        body = items[0] if len(items) == 1 else b"".join(items)
+        try:
+            return self.exchange.send_now(self.status, self.headers, body)
+        except ValueError:
+            return False  # complete() answers 500 and logs why
 
     async def complete(self) -> None:
         """The app's side is done: send what is left and end, or answer the error."""
