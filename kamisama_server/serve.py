@@ -187,8 +187,10 @@ class ServerWorkers:
             if id(listener.sock) not in draining:
                 listener.sock.close()  # the master closed its copy too: no new queue here
         try:
-            timeout = self.config.timeout
-            await asyncio.gather(*(s.drain(timeout, close_sockets=True) for s in servers))
+            # No drain timeout of our own: the master enforces --timeout, so a request
+            # still running then is always a killed worker (exit 1, named in the log),
+            # never a race between our timer and the master's that could exit 0.
+            await asyncio.gather(*(s.drain(None, close_sockets=True) for s in servers))
             if state.asgi is not None:
                 await state.asgi.shutdown()
             if state.wsgi is not None:
