@@ -389,7 +389,7 @@ class Load:
             with self.lock:
                 self.result.lost.append(f"send: {error!r}")
             return False
-        return self._answer(sock, reader, "keep-alive")
+        return self._answer(sock, reader, "request")
 
     def _answer(self, sock: socket.socket, reader: Reader, kind: str) -> bool:
         try:
