@@ -32,6 +32,61 @@ _SENDFILE_CHUNK = 256 * 1024
 _NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
 
 
+# What _scan_headers found: the validated header lines we pass on as they are, the
+# app's Content-Length, whether it asked to close, whether it set Server and Date.
+_Scanned = tuple[bytes, "int | None", bool, bool, bool]
+# Apps answer with the same few header lists again and again: scan each once.
+_SCANNED: dict[tuple[tuple[bytes, bytes], ...], _Scanned] = {}
+_SCANNED_MAX = 512  # bounded: headers with per-response values only churn it
+
+
+def _scan_headers(headers: Headers) -> _Scanned:
+    """Validate the app's headers; ``ValueError`` for a bad name/value/length."""
+    try:
+        key: tuple[tuple[bytes, bytes], ...] | None = tuple(headers)
+        found = _SCANNED.get(key)  # type: ignore[arg-type]
+    except TypeError:  # unhashable (lists for pairs, bytearray values): no caching
+        key = found = None
+    if found is not None:
+        return found
+    lines: list[bytes] = []
+    append = lines.append
+    length: int | None = None
+    close = own_server = own_date = False
+    token = _TOKEN.fullmatch
+    bad = _BAD_VALUE.search
+    for name, value in headers:
+        if not token(name) or bad(value):
+            raise ValueError(f"invalid response header {name!r}: {value!r}")
+        lname = name.lower()
+        if lname == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise ValueError(f"invalid content-length {value!r}")
+            length = int(value)
+            continue  # written once by _build_head, after the framing is decided
+        elif lname == b"connection":
+            if b"close" in value.lower():
+                close = True
+            continue  # ours decides
+        elif lname == b"transfer-encoding":
+            continue  # we frame the body ourselves
+        elif lname == b"server":
+            own_server = True
+        elif lname == b"date":
+            own_date = True
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    found = (b"".join(lines), length, close, own_server, own_date)
+    if key is not None:
+        if len(_SCANNED) >= _SCANNED_MAX:
+            _SCANNED.clear()
+        _SCANNED[key] = found
+    return found
+
+
 class HttpExchange(Exchange):
     """One request/response pair; created by ``HttpProtocol`` once the head is valid."""
 
@@ -241,38 +296,9 @@ class HttpExchange(Exchange):
             raise ValueError(f"invalid response status {status!r}")
         proto = self._proto
         state = proto.state
-        parts = [STATUS_LINES[status]]
+        fields, length, close, own_server, own_date = _scan_headers(headers)
+        parts = [STATUS_LINES[status], fields]
         append = parts.append
-        length: int | None = None
-        close = False
-        server_line = state.server_line
-        date_line = state.date_line
-        token = _TOKEN.fullmatch
-        bad = _BAD_VALUE.search
-        for name, value in headers:
-            if not token(name) or bad(value):
-                raise ValueError(f"invalid response header {name!r}: {value!r}")
-            lname = name.lower()
-            if lname == b"content-length":
-                value = value.strip()
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    raise ValueError(f"invalid content-length {value!r}")
-                length = int(value)
-                continue  # written once below, after the framing is decided
-            elif lname == b"connection":
-                if b"close" in value.lower():
-                    close = True
-                continue  # ours decides
-            elif lname == b"transfer-encoding":
-                continue  # we frame the body ourselves
-            elif lname == b"server":
-                server_line = b""
-            elif lname == b"date":
-                date_line = b""
-            append(name)
-            append(b": ")
-            append(value)
-            append(b"\r\n")
         head = self.head
         version_10 = head.http_version == "1.0"
         if status in (204, 304) or head.method == "HEAD":
@@ -301,8 +327,10 @@ class HttpExchange(Exchange):
             append(b"connection: close\r\n")
         elif version_10:
             append(b"connection: keep-alive\r\n")
-        append(server_line)
-        append(date_line)
+        if not own_server:
+            append(state.server_line)
+        if not own_date:
+            append(state.date_line)
         append(b"\r\n")
         return b"".join(parts)
 

@@ -190,10 +190,20 @@ async def _make_input(
     return InputStream(pull)
 
 
+# Apps answer with the same few status lines and header lists again and again:
+# each is checked and encoded once. Bounded, since some carry per-response values.
+_CACHE_MAX = 512
+_STATUS_CODES: dict[str, int] = {}
+_ENCODED: dict[tuple[tuple[str, str], ...], tuple[Headers, int | None]] = {}
+
+
 def _parse_status(status: str) -> int:
     """The status code of a WSGI status line ("200 OK"); ValueError if malformed."""
     if type(status) is not str:
         raise TypeError(f"status must be a str, got {type(status).__name__}")
+    value = _STATUS_CODES.get(status)
+    if value is not None:
+        return value
     code = status[:3]
     if (
         len(code) != 3
@@ -207,13 +217,23 @@ def _parse_status(status: str) -> int:
     value = int(code)
     if value < 100:
         raise ValueError(f"invalid status code {status!r}")
+    if len(_STATUS_CODES) >= _CACHE_MAX:
+        _STATUS_CODES.clear()
+    _STATUS_CODES[status] = value
     return value
 
 
 def _encode_headers(headers: list[tuple[str, str]]) -> tuple[Headers, int | None]:
-    """Response headers as latin-1 bytes, and the declared Content-Length if any."""
+    """Response headers as latin-1 bytes (a fresh list), and the declared Content-Length."""
     if type(headers) is not list:
         raise TypeError(f"headers must be a list, got {type(headers).__name__}")
+    try:
+        key: tuple[tuple[str, str], ...] | None = tuple(headers)
+        found = _ENCODED.get(key)  # type: ignore[arg-type]
+    except TypeError:  # unhashable pairs: the loop below says what is wrong
+        key = found = None
+    if found is not None:
+        return list(found[0]), found[1]  # a copy: the adapter may append Content-Length
     out: Headers = []
     declared: int | None = None
     for name, value in headers:
@@ -226,6 +246,11 @@ def _encode_headers(headers: list[tuple[str, str]]) -> tuple[Headers, int | None
             if declared < 0:
                 raise ValueError(f"negative Content-Length {value!r}")
         out.append((raw_name, raw_value))
+    if key is not None:
+        if len(_ENCODED) >= _CACHE_MAX:
+            _ENCODED.clear()
+        _ENCODED[key] = (out, declared)
+        return list(out), declared
     return out, declared
 
 
