@@ -10,6 +10,8 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
+from .parser_choice import resolve as resolve_parser
+
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
@@ -43,6 +45,9 @@ class HttpConfig:
     date_header: bool = True
     access_log: bool = True
 
+    # Request parser: "httptools", "h11" (the fallback), or "auto" (see parser_choice).
+    parser: str = "auto"
+
     # Flow control: request body buffered per exchange before we stop reading.
     body_high_water: int = 256 * 1024
     # Pipelined requests parsed ahead of the one being answered before we stop reading.
@@ -58,6 +63,7 @@ class HttpConfig:
             raise ValueError("limit_concurrency must be >= 1 or None")
         if self.keep_alive < 0 or self.header_timeout <= 0:
             raise ValueError("keep_alive must be >= 0 and header_timeout > 0")
+        resolve_parser(self.parser)  # ValueError if unknown or not installed
 
     @property
     def max_head_bytes(self) -> int:

@@ -20,8 +20,8 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any, cast
 
-import httptools
-
+# httptools' names, and its parser or the h11 one as HttpConfig.parser says (see parser_choice).
+from . import parser_choice as httptools
 from .exchange import ClientDisconnected, RequestBodyError, RequestBodyTooLarge, RequestHead
 from .exchange_impl import HttpExchange
 from .state import EngineState, access_log, error_log

@@ -1,0 +1,315 @@
+"""An ``httptools.HttpRequestParser`` look-alike built on h11: the fallback parser.
+
+``protocol.py`` drives httptools: it feeds bytes and gets callbacks
+(``on_message_begin``, ``on_url``, ``on_header``, ``on_headers_complete``,
+``on_body``, ``on_message_complete``, and ``on_chunk_header``/``on_chunk_complete``
+if it has them), asks ``get_method``/``get_http_version``/``should_keep_alive``/
+``should_upgrade``, and catches httptools' exceptions. :class:`H11RequestParser`
+gives it exactly that over h11, so the engine cannot tell which one it runs on.
+
+h11 is a connection state machine that waits for our response before it reads
+the next request; the engine parses pipelined requests ahead of its answers, so
+each request gets a fresh ``h11.Connection``, fed with what the last one left.
+
+Where h11 and llhttp judge a request differently, this class gives llhttp's
+verdict, because the engine's rules (issue 3) and its tests are written against
+it. The parsing stays h11's; these are checks on what it parsed:
+
+- blank lines before a request are skipped (RFC 9112 2.2; h11 refuses them);
+- an HTTP/1.1 request without ``Host`` is served (h11 refuses it, RFC 9112 3.2
+  says a server MUST): it is parsed again with an empty ``Host`` that the
+  callbacks never see;
+- refused although h11 accepts them: obsolete line folding (h11 unfolds),
+  ``Content-Length`` sent twice or as a list (h11 merges equal ones),
+  ``Content-Length`` together with ``Transfer-Encoding`` (h11 ignores the
+  length), a method outside llhttp's list (h11 takes any token), a chunk size
+  over 64 bits (h11 reads up to 80), control bytes in a header value (h11
+  refuses only NUL, CR, LF and the like);
+- keep-alive and upgrade are llhttp's: HTTP/1.0 keeps the connection with
+  ``Connection: keep-alive`` (h11 never does); an upgrade needs ``Upgrade`` and
+  ``Connection: upgrade``, or ``CONNECT``.
+
+Differences that remain (h11's verdict stands; h11 consumes chunk lines itself):
+a chunk size followed by whitespace, and any byte after ``;`` in a chunk line
+(a bare CR too) are accepted; ``Transfer-Encoding`` with a coding before
+``chunked`` (``gzip, chunked``) is refused, which RFC 9112 6.1 allows (we
+cannot decode it) and llhttp serves. The request line is not seen until its
+line ends, so an endless one meets the head-size limit (431), not 414.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+
+try:  # The engine catches httptools' classes; raise the very same ones when it is there.
+    from httptools import (
+        HttpParserCallbackError,
+        HttpParserError,
+        HttpParserInvalidMethodError,
+        HttpParserInvalidURLError,
+        HttpParserUpgrade,
+    )
+except ImportError:  # pragma: no cover - exercised where httptools is not installed
+
+    class HttpParserError(Exception):  # type: ignore[no-redef]
+        """The request is not valid HTTP/1.x."""
+
+    class HttpParserCallbackError(HttpParserError):  # type: ignore[no-redef]
+        """A callback raised; the exception it raised is the ``__context__``."""
+
+    class HttpParserInvalidMethodError(HttpParserError):  # type: ignore[no-redef]
+        """The method is not one llhttp knows."""
+
+    class HttpParserInvalidURLError(HttpParserError):  # type: ignore[no-redef]
+        """``parse_url`` could not split the URL."""
+
+    class HttpParserUpgrade(Exception):  # type: ignore[no-redef]
+        """The connection switches protocol; ``args[0]`` is where in the fed data."""
+
+
+__all__ = [
+    "METHODS",
+    "H11RequestParser",
+    "HttpParserCallbackError",
+    "HttpParserError",
+    "HttpParserInvalidMethodError",
+    "HttpParserInvalidURLError",
+    "HttpParserUpgrade",
+    "parse_url",
+]
+
+# The request methods llhttp accepts on an HTTP/1.x request line.
+METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND "
+    b"PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE "
+    b"M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE "
+    b"QUERY".split()
+)
+_MAX_CHUNK = (1 << 64) - 1
+_HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a head (its blank-line rule)
+_FOLD = re.compile(rb"\n[ \t]")  # a line starting with whitespace continues the last one
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # in a field value: only HTAB may be
+_CONTENT_LENGTH = re.compile(rb"\ncontent-length:([^\n]*)", re.IGNORECASE)
+_MISSING_HOST = "Missing mandatory Host: header"
+_PLACEHOLDER_HOST = b"Host: \r\n"
+
+
+class _UrlParts:
+    """What ``parse_url`` gives the engine: the path and the query."""
+
+    __slots__ = ("path", "query")
+
+    def __init__(self, path: bytes, query: bytes) -> None:
+        self.path = path
+        self.query = query
+
+
+def parse_url(url: bytes) -> _UrlParts:
+    """Split an absolute-form request target, as ``httptools.parse_url`` would for us."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise HttpParserInvalidURLError(str(exc)) from None
+    if not parts.scheme or not parts.netloc:
+        raise HttpParserInvalidURLError("not an absolute URL")
+    return _UrlParts(parts.path, parts.query)
+
+
+class H11RequestParser:
+    """Parses requests with h11 and reports them through httptools' callbacks."""
+
+    def __init__(self, callbacks: Any, max_head: int = 1 << 20) -> None:
+        self._cb = callbacks
+        self._on_chunk_header = getattr(callbacks, "on_chunk_header", None)
+        self._on_chunk_complete = getattr(callbacks, "on_chunk_complete", None)
+        # h11 refuses a head larger than this; the engine answers 431 well before.
+        self._max_buffer = max_head + (1 << 20)
+        self._conn: h11.Connection | None = None  # None between requests
+        self._carry = b""  # bytes after the last request, not yet given to a connection
+        self._head = bytearray()  # this request's bytes until its head is parsed
+        self._head_done = False
+        self._host_added = False
+        self._failed: str | None = None
+        self._method = b""
+        self._version = "1.1"
+        self._keep_alive = True
+        self._upgrade = False
+        self._chunked = False
+
+    # What the engine asks about the current request -----------------------------------------
+
+    def get_method(self) -> bytes:
+        return self._method
+
+    def get_http_version(self) -> str:
+        return self._version
+
+    def should_keep_alive(self) -> bool:
+        return self._keep_alive
+
+    def should_upgrade(self) -> bool:
+        return self._upgrade
+
+    # Feeding -----------------------------------------------------------------------------------
+
+    def feed_data(self, data: bytes) -> None:
+        """Parse ``data``; callbacks run as requests (and their parts) complete."""
+        if self._failed is not None:
+            raise HttpParserError(self._failed)
+        try:
+            if self._conn is None:
+                self._carry += data
+                self._begin()
+            else:
+                if not self._head_done:
+                    self._head += data
+                self._conn.receive_data(data)
+            while self._conn is not None and self._step(len(data)):
+                pass
+        except HttpParserCallbackError as exc:
+            self._failed = str(exc)
+            raise
+        except h11.RemoteProtocolError as exc:
+            self._fail(str(exc))
+
+    def _fail(self, reason: str, error: type[HttpParserError] = HttpParserError) -> None:
+        self._failed = reason
+        raise error(reason)
+
+    def _call(self, callback: Any, *args: Any) -> None:
+        """Run an engine callback; what it raises reaches the engine as httptools wraps it."""
+        try:
+            callback(*args)
+        except Exception:
+            raise HttpParserCallbackError(f"the {callback.__name__} callback failed") from None
+
+    def _begin(self) -> None:
+        """Start the next request if any of its bytes are here (blank lines do not count)."""
+        pending = self._carry.lstrip(b"\r\n")
+        self._carry = b""
+        if not pending:
+            return
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_buffer)
+        self._head = bytearray(pending)
+        self._head_done = False
+        self._host_added = False
+        self._conn.receive_data(pending)
+        self._call(self._cb.on_message_begin)
+
+    def _step(self, fed: int) -> bool:
+        """Handle one h11 event; False when h11 needs more data."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            if str(exc) != _MISSING_HOST or self._host_added:
+                raise
+            self._reparse_with_host()
+            return True
+        if event is h11.NEED_DATA:
+            return False
+        if isinstance(event, h11.Request):
+            self._on_request(event, fed)
+        elif isinstance(event, h11.Data):
+            self._on_data(event, conn)
+        elif isinstance(event, h11.EndOfMessage):
+            self._on_end(event, conn, fed)
+        else:  # PAUSED or ConnectionClosed cannot come before EndOfMessage
+            self._fail(f"unexpected h11 event {event!r}")
+        return True
+
+    def _reparse_with_host(self) -> None:
+        """HTTP/1.1 without Host: llhttp serves it, so parse it with one the engine won't see."""
+        head = self._head
+        line_end = head.index(b"\n") + 1
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_buffer)
+        self._conn.receive_data(bytes(head[:line_end]) + _PLACEHOLDER_HOST + head[line_end:])
+        self._host_added = True
+
+    def _on_request(self, event: h11.Request, fed: int) -> None:
+        head = self._head
+        match = _HEAD_END.search(head)
+        assert match is not None, "h11 parsed a head that has no end"
+        raw = bytes(head[: match.end()])
+        method = event.method
+        if method not in METHODS:
+            self._fail("Invalid method encountered", HttpParserInvalidMethodError)
+        if _FOLD.search(raw):
+            self._fail("Obsolete line folding is not allowed")
+        lengths = _CONTENT_LENGTH.findall(raw)
+        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
+            self._fail("Duplicate Content-Length")
+        headers = event.headers.raw_items()
+        connection: list[bytes] = []
+        upgrade = chunked = False
+        for name, value in headers:
+            if _CONTROL.search(value):
+                self._fail("Invalid header value char")
+            lower = name.lower()
+            if lower == b"connection":
+                connection += (token.strip().lower() for token in value.split(b","))
+            elif lower == b"upgrade":
+                upgrade = True
+            elif lower == b"transfer-encoding":
+                chunked = True
+        if chunked and lengths:
+            self._fail("Content-Length can't be present with Transfer-Encoding")
+        self._method = method
+        self._version = event.http_version.decode("ascii")
+        if self._version == "1.0":
+            self._keep_alive = b"keep-alive" in connection
+        else:
+            self._keep_alive = b"close" not in connection
+        self._upgrade = method == b"CONNECT" or (upgrade and b"upgrade" in connection)
+        self._chunked = chunked
+        self._head_done = True
+        self._head = bytearray()
+        cb = self._cb
+        self._call(cb.on_url, event.target)
+        for name, value in headers:
+            if self._host_added and name.lower() == b"host":
+                continue
+            self._call(cb.on_header, name, value)
+        self._call(cb.on_headers_complete)
+        if method == b"CONNECT":
+            # llhttp hands the connection over right after a CONNECT head: no body.
+            self._call(cb.on_message_complete)
+            self._conn = None
+            self._failed = "upgraded"
+            raise HttpParserUpgrade(fed - (len(head) - match.end()))
+
+    def _on_data(self, event: h11.Data, conn: h11.Connection) -> None:
+        if event.chunk_start:
+            # How much the chunk header announced: what came plus what h11 still expects.
+            remaining = getattr(getattr(conn, "_reader", None), "_bytes_in_chunk", 0)
+            if len(event.data) + remaining > _MAX_CHUNK:
+                self._fail("Chunk size overflow")
+            if self._on_chunk_header is not None:
+                self._call(self._on_chunk_header)
+        self._call(self._cb.on_body, bytes(event.data))
+        if event.chunk_end and self._on_chunk_complete is not None:
+            self._call(self._on_chunk_complete)
+
+    def _on_end(self, event: h11.EndOfMessage, conn: h11.Connection, fed: int) -> None:
+        cb = self._cb
+        if self._chunked:
+            # The last, empty chunk has no Data event; llhttp reports it like the others.
+            if self._on_chunk_header is not None:
+                self._call(self._on_chunk_header)
+            if self._on_chunk_complete is not None:
+                self._call(self._on_chunk_complete)
+        for name, value in event.headers.raw_items():
+            self._call(cb.on_header, name, value)
+        self._call(cb.on_message_complete)
+        rest, _ = conn.trailing_data
+        self._conn = None
+        if self._upgrade:
+            self._failed = "upgraded"
+            raise HttpParserUpgrade(fed - len(rest))
+        self._carry = rest
+        self._begin()
