@@ -27,7 +27,8 @@ it. The parsing stays h11's; these are checks on what it parsed:
   refuses only NUL, CR, LF and the like);
 - keep-alive and upgrade are llhttp's: HTTP/1.0 keeps the connection with
   ``Connection: keep-alive`` (h11 never does); an upgrade needs ``Upgrade`` and
-  ``Connection: upgrade``, or ``CONNECT``.
+  ``Connection: upgrade``, or ``CONNECT``, and happens right after the head;
+  bytes after a request that closes the connection are an error.
 
 Differences that remain (h11's verdict stands; h11 consumes chunk lines itself):
 a chunk size followed by whitespace, and any byte after ``;`` in a chunk line
@@ -89,6 +90,7 @@ METHODS = frozenset(
     b"M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE "
     b"QUERY".split()
 )
+_METHOD_ROOM = 1 + max(len(method) for method in METHODS)  # a space must come by then
 _MAX_CHUNK = (1 << 64) - 1
 _HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a head (its blank-line rule)
 _FOLD = re.compile(rb"\n[ \t]")  # a line starting with whitespace continues the last one
@@ -133,12 +135,14 @@ class H11RequestParser:
         self._head = bytearray()  # this request's bytes until its head is parsed
         self._head_done = False
         self._host_added = False
+        self._method_checked = False
         self._failed: str | None = None
         self._method = b""
         self._version = "1.1"
         self._keep_alive = True
         self._upgrade = False
         self._chunked = False
+        self._new_chunk = True
 
     # What the engine asks about the current request -----------------------------------------
 
@@ -193,10 +197,13 @@ class H11RequestParser:
         self._carry = b""
         if not pending:
             return
+        if not self._keep_alive:
+            self._fail("Data after `Connection: close`")  # as llhttp: the last one closed
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_buffer)
         self._head = bytearray(pending)
         self._head_done = False
         self._host_added = False
+        self._method_checked = False
         self._conn.receive_data(pending)
         self._call(self._cb.on_message_begin)
 
@@ -212,16 +219,30 @@ class H11RequestParser:
             self._reparse_with_host()
             return True
         if event is h11.NEED_DATA:
+            if not self._head_done and not self._method_checked:
+                self._check_method_early()
             return False
         if isinstance(event, h11.Request):
             self._on_request(event, fed)
         elif isinstance(event, h11.Data):
             self._on_data(event, conn)
         elif isinstance(event, h11.EndOfMessage):
-            self._on_end(event, conn, fed)
+            self._on_end(event, conn)
         else:  # PAUSED or ConnectionClosed cannot come before EndOfMessage
             self._fail(f"unexpected h11 event {event!r}")
         return True
+
+    def _check_method_early(self) -> None:
+        """Refuse an unknown method once it is here, as llhttp does, not when the head ends."""
+        head = self._head
+        space = head.find(b" ", 0, _METHOD_ROOM)
+        if space < 0:
+            if len(head) >= _METHOD_ROOM:
+                self._fail("Invalid method encountered", HttpParserInvalidMethodError)
+            return
+        self._method_checked = True
+        if bytes(head[:space]) not in METHODS:
+            self._fail("Invalid method encountered", HttpParserInvalidMethodError)
 
     def _reparse_with_host(self) -> None:
         """HTTP/1.1 without Host: llhttp serves it, so parse it with one the engine won't see."""
@@ -260,13 +281,14 @@ class H11RequestParser:
         if chunked and lengths:
             self._fail("Content-Length can't be present with Transfer-Encoding")
         self._method = method
-        self._version = event.http_version.decode("ascii")
-        if self._version == "1.0":
-            self._keep_alive = b"keep-alive" in connection
-        else:
+        version = self._version = event.http_version.decode("ascii")
+        if version[0] != "0" and version[2] != "0":  # llhttp's rule: 1.1 and up
             self._keep_alive = b"close" not in connection
+        else:
+            self._keep_alive = b"keep-alive" in connection
         self._upgrade = method == b"CONNECT" or (upgrade and b"upgrade" in connection)
         self._chunked = chunked
+        self._new_chunk = True
         self._head_done = True
         self._head = bytearray()
         cb = self._cb
@@ -276,40 +298,41 @@ class H11RequestParser:
                 continue
             self._call(cb.on_header, name, value)
         self._call(cb.on_headers_complete)
-        if method == b"CONNECT":
-            # llhttp hands the connection over right after a CONNECT head: no body.
+        if self._upgrade:
+            # llhttp hands the connection over right after the head: a body is not read.
             self._call(cb.on_message_complete)
             self._conn = None
             self._failed = "upgraded"
             raise HttpParserUpgrade(fed - (len(head) - match.end()))
 
     def _on_data(self, event: h11.Data, conn: h11.Connection) -> None:
-        if event.chunk_start:
-            # How much the chunk header announced: what came plus what h11 still expects.
+        if self._chunked and self._new_chunk:
+            # h11's chunk_start is lost when a chunk's header and data come apart, so we
+            # track chunks ourselves. The chunk's announced size is the first piece's
+            # length plus what h11 still expects (a private attribute: if h11 renames it,
+            # test_h11_fallback's overflow case fails rather than this check going quiet).
+            self._new_chunk = False
             remaining = getattr(getattr(conn, "_reader", None), "_bytes_in_chunk", 0)
             if len(event.data) + remaining > _MAX_CHUNK:
                 self._fail("Chunk size overflow")
             if self._on_chunk_header is not None:
                 self._call(self._on_chunk_header)
         self._call(self._cb.on_body, bytes(event.data))
-        if event.chunk_end and self._on_chunk_complete is not None:
-            self._call(self._on_chunk_complete)
-
-    def _on_end(self, event: h11.EndOfMessage, conn: h11.Connection, fed: int) -> None:
-        cb = self._cb
-        if self._chunked:
-            # The last, empty chunk has no Data event; llhttp reports it like the others.
-            if self._on_chunk_header is not None:
-                self._call(self._on_chunk_header)
+        if event.chunk_end:
+            self._new_chunk = True
             if self._on_chunk_complete is not None:
                 self._call(self._on_chunk_complete)
+
+    def _on_end(self, event: h11.EndOfMessage, conn: h11.Connection) -> None:
+        cb = self._cb
+        # The last, empty chunk has no Data event; llhttp reports it around the trailers.
+        if self._chunked and self._on_chunk_header is not None:
+            self._call(self._on_chunk_header)
         for name, value in event.headers.raw_items():
             self._call(cb.on_header, name, value)
+        if self._chunked and self._on_chunk_complete is not None:
+            self._call(self._on_chunk_complete)
         self._call(cb.on_message_complete)
-        rest, _ = conn.trailing_data
+        self._carry, _ = conn.trailing_data
         self._conn = None
-        if self._upgrade:
-            self._failed = "upgraded"
-            raise HttpParserUpgrade(fed - len(rest))
-        self._carry = rest
         self._begin()

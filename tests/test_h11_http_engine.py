@@ -1,0 +1,4 @@
+"""tests/test_http_engine.py again, the engine parsing with h11 (see h11_rerun)."""
+
+from h11_rerun import h11_known_difference, h11_parser  # noqa: F401 - autouse fixtures
+from test_http_engine import *  # noqa: F403 - the suite, collected here again
