@@ -234,7 +234,8 @@ def serve(config: ServeConfig) -> int:
     try:
         http_config(config)  # a bad certificate is a startup error, found before binding
     except (OSError, ssl.SSLError) as error:
-        log(f"cannot start: TLS certificate/key: {error}")
+        key = config.ssl_keyfile or config.ssl_certfile  # the key may sit in the cert file
+        log(f"cannot start: TLS certificate {config.ssl_certfile} with key {key}: {error}")
         return EXIT_CANNOT_START
     try:
         listeners = bind_listeners(
