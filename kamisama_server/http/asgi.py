@@ -91,15 +91,22 @@ class AsgiAdapter:
 
 
 class _Cycle:
-    """The receive/send pair of one request."""
+    """The receive/send pair of one request.
 
-    __slots__ = ("complete", "exchange", "request_done", "started")
+    The response head is held back until the first body message (ASGI: the
+    server must not start the response before one), so the common response,
+    one start and one body, leaves in one ``send_now``: one write, no waiting.
+    """
+
+    __slots__ = ("complete", "exchange", "headers", "request_done", "started", "status")
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
         self.request_done = False
         self.started = False
         self.complete = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
 
     async def receive(self) -> Message:
         exchange = self.exchange
@@ -123,18 +130,33 @@ class _Cycle:
             if kind != "http.response.start":
                 raise RuntimeError(f"Expected 'http.response.start', got {kind!r}")
             self.started = True
-            await exchange.send_head(message["status"], message.get("headers") or [])
+            status = message["status"]
+            headers = message.get("headers") or []
+            if type(headers) is not list:
+                headers = list(headers)  # any iterable of pairs; we read it twice
+            exchange.check_head(status, headers)
+            self.status = status
+            self.headers = headers
         elif self.complete:
             raise RuntimeError(f"Unexpected ASGI message {kind!r} after the response completed")
         elif kind == "http.response.body":
             body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not exchange.headers_sent:
+                if not more:
+                    self.complete = True
+                    if exchange.send_now(self.status, self.headers, body):
+                        return
+                await exchange.send_head(self.status, self.headers)
             if body:
                 await exchange.write(body)
-            if not message.get("more_body", False):
+            if not more:
                 self.complete = True
                 await exchange.end()
         elif kind == "http.response.pathsend":
             self.complete = True
+            if not exchange.headers_sent:
+                await exchange.send_head(self.status, self.headers)
             fd = os.open(message["path"], os.O_RDONLY)
             try:
                 await exchange.sendfile(fd, 0, None)

@@ -13,8 +13,9 @@ the app in a thread reaches them with ``asyncio.run_coroutine_threadsafe``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -103,6 +104,15 @@ class Exchange(abc.ABC):
         ``Content-Length``, else chunked on HTTP/1.1, else close-delimited.
         """
 
+    def check_head(self, status: int, headers: Headers) -> None:
+        """Raise ``ValueError`` now for what ``send_head`` would refuse later.
+
+        For adapters that hold the head back until the body is known (ASGI
+        allows that) but want the app to see its error where it made it.
+        Optional for implementations (the default checks nothing).
+        """
+        return None
+
     def send_now(self, status: int, headers: Headers, body: bytes) -> bool:
         """Send a whole response (head, ``body``, end) at once, without waiting.
 
@@ -131,20 +141,20 @@ class Exchange(abc.ABC):
         """Close the connection now: an error after the head was sent."""
 
 
-AppHandler = Callable[[Exchange], Awaitable[None]]
+AppHandler = Callable[[Exchange], Coroutine[Any, Any, None]]
 """What an adapter gives the engine: serve one exchange, then return.
 
 The engine guarantees ``end()`` or ``abort()`` happened when the handler
 returns (it sends 500 itself if the handler raised before ``send_head``).
 """
 
-ServeNow = Callable[[Exchange], Awaitable[None] | None]
+ServeNow = Callable[[Exchange], Coroutine[Any, Any, None] | None]
 """Optional, as an adapter's ``serve_now`` attribute: serve without a task.
 
 For an exchange whose request body is already complete the engine calls
 ``adapter.serve_now(exchange)`` instead of the ``AppHandler``, on the loop,
 inside the parser's callback. It returns None once the exchange is answered,
-or an awaitable that finishes it (the engine runs that as the handler's task).
+or a coroutine that finishes it (the engine runs that as the handler's task).
 It must never block: only adapters whose app call cannot wait for I/O (a WSGI
 app running inline) offer it. Raising is handled as for ``AppHandler``.
 """

@@ -262,6 +262,11 @@ class HttpExchange(Exchange):
         self.status = status
         self._proto.loop.call_soon(self._flush_head)
 
+    def check_head(self, status: int, headers: Headers) -> None:
+        if type(status) is not int or not 200 <= status <= 599:
+            raise ValueError(f"invalid response status {status!r}")
+        _scan_headers(headers)  # cached: _build_head finds it again for free
+
     def send_now(self, status: int, headers: Headers, body: bytes) -> bool:
         proto = self._proto
         if self._head_sent or proto.closed or proto.writing_paused:

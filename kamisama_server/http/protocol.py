@@ -17,7 +17,6 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import Awaitable
 from typing import Any, cast
 
 # httptools' names, and its parser or the h11 one as HttpConfig.parser says (see parser_choice).
@@ -86,6 +85,7 @@ class HttpProtocol(asyncio.Protocol):
         # The exchange whose handler runs, the ones parsed behind it, the one being fed a body.
         self.exchange: HttpExchange | None = None
         self.pipeline: deque[HttpExchange] = deque()
+        self._handling: dict[asyncio.Task[None], HttpExchange] = {}  # the running handler
         self.parsing: HttpExchange | None = None
         self.requests = 0
         # Parser state for the request being parsed.
@@ -373,29 +373,31 @@ class HttpProtocol(asyncio.Protocol):
         else:
             rest = state.handler(exchange)
         state.inflight += 1
-        task = self.loop.create_task(self._serve(exchange, rest))
+        # The task runs the handler itself; _task_done checks the outcome (no wrapper coroutine).
+        task = self.loop.create_task(rest)
+        self._handling[task] = exchange
         state.tasks.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        """The handler's task ended: make sure a response (or a close) follows."""
         state = self.state
+        state.inflight -= 1
         state.tasks.discard(task)
-        state.check_idle()
-
-    async def _serve(self, exchange: HttpExchange, handling: Awaitable[None]) -> None:
-        """Run the app's handler; make sure a response (or a close) follows."""
-        try:
-            await handling
-        except asyncio.CancelledError:
+        exchange = self._handling.pop(task)
+        if task.cancelled():
             exchange.abort()
-            raise
-        except Exception as exc:
-            self._handler_failed(exchange, exc)
         else:
-            if not exchange.finished:
-                self._handler_returned(exchange)
-        finally:
-            self.state.inflight -= 1
+            exc = task.exception()
+            if exc is None:
+                if not exchange.finished:
+                    self._handler_returned(exchange)
+            elif isinstance(exc, Exception):
+                self._handler_failed(exchange, exc)
+            else:  # KeyboardInterrupt, SystemExit: not ours to swallow
+                exchange.abort()
+                raise exc
+        state.check_idle()
 
     def _handler_failed(self, exchange: HttpExchange, exc: Exception) -> None:
         """The handler raised: answer the error, or close if the head went out."""

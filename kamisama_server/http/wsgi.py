@@ -27,9 +27,9 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from kamisama_server.http.exchange import (
     ClientDisconnected,
@@ -105,7 +105,7 @@ class WSGIAdapter:
     async def __call__(self, exchange: Exchange) -> None:
         await self._serve(exchange, self._environ.build(exchange.head, None))
 
-    def serve_now(self, exchange: Exchange) -> Awaitable[None] | None:
+    def serve_now(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         """The engine's task-free entry (``exchange.ServeNow``), for complete bodies.
 
         Inline, a body-less request is answered right here: the app call, its
