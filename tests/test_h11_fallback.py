@@ -22,6 +22,7 @@ from typing import Any
 import httptools
 import pytest
 from http_support import Reader, connect, engine_app, good_request
+from serve_support import StartServer, serving
 from test_http_corpus import CORPUS, FILES, decode
 
 from kamisama_server.http import parser_choice
@@ -286,3 +287,36 @@ def test_fallback_when_httptools_cannot_be_imported(tmp_path: Path) -> None:
         "200 b'ok /ok'",
         "400 ",
     ]
+
+
+ECHO_APP = """
+    def app(environ, start_response):
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+"""
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[StartServer]:
+    yield from serving(tmp_path)
+
+
+@pytest.mark.parametrize("parser", ["", "h11"])
+def test_kamisama_serve_follows_the_environment_variable(serve: StartServer, parser: str) -> None:
+    env = {parser_choice.ENV_VAR: parser} if parser else {}
+    server = serve(
+        ["app:app", "-b", "127.0.0.1:0", "-w", "1", "--timeout", "5"],
+        modules={"app": ECHO_APP},
+        env=env,
+    )
+    port = server.wait_listening()
+    with connect(port) as sock:
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            b"2\r\nab\r\n0\r\n\r\n"
+        )
+        response = Reader(sock).response()
+    assert response.status == (400 if parser == "h11" else 200), server.output()
+    assert server.get("/").status_code == 200
+    assert server.stop() == 0, server.output()

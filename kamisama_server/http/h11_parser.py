@@ -189,7 +189,8 @@ class H11RequestParser:
         try:
             callback(*args)
         except Exception:
-            raise HttpParserCallbackError(f"the {callback.__name__} callback failed") from None
+            name = getattr(callback, "__name__", "a")
+            raise HttpParserCallbackError(f"the {name} callback failed") from None
 
     def _begin(self) -> None:
         """Start the next request if any of its bytes are here (blank lines do not count)."""
