@@ -68,7 +68,8 @@ class KamisamaOptions:
     before the workers are told (the server closes its listening sockets here)."""
 
     on_slot_removed: Callable[[int], object] | None = None
-    """Called in the master once the last worker of a slot removed by SIGTTOU exited."""
+    """Called in the master when SIGTTOU removes a slot (its worker is told to stop
+    at the same moment; the server closes the master's copy of the slot's socket)."""
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(KamisamaOptions))

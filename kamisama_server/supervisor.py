@@ -350,7 +350,6 @@ class Supervisor:
         reason = describe_exit(status)
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         if process.stopping or self.stopping:
-            self._forget_removed_slot(process.wid)
             if process.killed:
                 return
             if clean:
@@ -380,12 +379,14 @@ class Supervisor:
             self.down.add(process.wid)
             self._tell_siblings(process.wid, "down")
 
-    def _forget_removed_slot(self, wid: int) -> None:
-        """After SIGTTOU: once no worker of the slot is left, it is gone for good."""
-        if wid <= self.target or self.stopping:
-            return
-        if any(p.wid == wid for p in self.processes.values()):
-            return
+    def _remove_slot(self, wid: int) -> None:
+        """SIGTTOU: the slot is gone for good, while its worker drains.
+
+        Everyone else lets go of the slot first (the master via ``on_slot_removed``,
+        siblings via ``gone``), so the draining worker holds the last reference to
+        its ``SO_REUSEPORT`` socket: its final accept-then-close leaves no window in
+        which the kernel queues connections on a socket nobody will accept from.
+        """
         self.down.discard(wid)
         self._tell_siblings(wid, "gone")
         if self.options.on_slot_removed is not None:
@@ -420,7 +421,7 @@ class Supervisor:
         for process in list(self.processes.values()):
             if process.wid == wid:
                 self._stop_process(process, name, deadline)
-        self._forget_removed_slot(wid)  # at once if its worker was down
+        self._remove_slot(wid)
 
     def _begin_rolling_restart(self) -> None:
         if self.rolling is not None:

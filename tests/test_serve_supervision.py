@@ -107,11 +107,14 @@ def test_sigttin_adds_a_worker_and_sigttou_removes_one(serve: StartServer, mode:
     server.send_signal(signal.SIGTTOU)
     server.wait_for_log("one worker fewer, now 2")
     pids_gone([third])
-    # Every fresh connection is still answered, none waits on the removed slot.
-    results = timed_gets(server, 30, timeout=3)
+    # Every fresh connection is still answered, none is stranded on the removed slot.
+    # (Generous bound: one whose SYN races the slot socket's final close is retried
+    # by the kernel after 1 s; 30 concurrent clients on a busy 2-core machine.)
+    results = timed_gets(server, 30, timeout=5)
     assert {pid for _, pid in results} <= {server.started()[1], server.started()[2]}
     worst = max(t for t, _ in results)
-    assert worst < 3.0, results
+    print(f"\n{mode}: after SIGTTOU, 30 fresh connections: worst {worst:.2f}s")
+    assert worst < 6.0, results
     assert len(server.listening_lines()) == 1
     assert server.stop() == 0, server.output()
 
@@ -199,16 +202,7 @@ def test_workers_do_not_outlive_a_killed_master(serve: StartServer) -> None:
     print(f"\nworkers gone {time.monotonic() - began:.2f}s after the master's SIGKILL")
 
 
-TTOU_RESETS_QUEUE = pytest.mark.xfail(
-    strict=True,
-    reason="reuseport: the removed slot's SO_REUSEPORT socket stays in the group (master and "
-    "siblings hold it) after its worker's last accept, so new connections keep queueing on it; "
-    "the final close (on_slot_removed in the master, 'gone' in the siblings) then resets them "
-    "(Linux, net.ipv4.tcp_migrate_req=0): about one lost request per client (7-8 of 8)",
-)
-
-
-@pytest.mark.parametrize("mode", [pytest.param("reuseport", marks=TTOU_RESETS_QUEUE), "shared"])
+@pytest.mark.parametrize("mode", ["reuseport", "shared"])
 def test_sigttou_under_load_loses_no_request(serve: StartServer, mode: str) -> None:
     """Removing a slot must not reset the connections the kernel queued on its socket."""
     server = start(serve, mode, workers=3)
