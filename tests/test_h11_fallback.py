@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h11
 import httptools
 import pytest
 from http_support import Reader, connect, engine_app, good_request
@@ -101,7 +102,8 @@ def parse(kind: str, data: bytes, step: int) -> tuple[list[Event], tuple[Any, ..
 
 
 def assert_same(data: bytes) -> None:
-    for step in sorted({len(data) or 1, 1, 7}):
+    steps = {len(data) or 1, 7} | ({1} if len(data) < 25_000 else set())
+    for step in sorted(steps):
         expected = parse("httptools", data, step)
         assert parse("h11", data, step) == expected, f"fed in {step}-byte pieces"
 
@@ -132,7 +134,7 @@ STREAMS = {
     "connect": b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\nTLS...",
     "expect_continue": b"PUT /u HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
     b"Content-Length: 4\r\n\r\nbody",
-    "big_body": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 70000\r\n\r\n" + b"x" * 70000,
+    "big_body": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 20000\r\n\r\n" + b"x" * 20000,
     "data_after_close": b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     b"GET / HTTP/1.1\r\n\r\n",
     "http10_then_more": b"GET / HTTP/1.0\r\n\r\nGET /again HTTP/1.0\r\n\r\n",
@@ -148,12 +150,46 @@ STREAMS = {
     "chunk_size_over_64_bits": b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"1" + b"0" * 16 + b"\r\nabc",
     "control_byte_in_value": b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\x01b\r\n\r\n",
+    # h11 is given 8 KB at a time: requests, heads and bodies across those boundaries.
+    "many_across_slices": b"".join(
+        b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % i
+        + b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (i * 7)
+        + b"b" * (i * 7)
+        + b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % (i * 5 + 1)
+        + b"c" * (i * 5 + 1)
+        + b"\r\n0\r\n\r\n"
+        for i in range(60)
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(STREAMS))
 def test_h11_reports_what_httptools_reports(name: str) -> None:
     assert_same(STREAMS[name])
+
+
+def test_many_small_pipelined_requests_cost_linear_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """h11 gets at most a slice (8 KB) at a time, plus what the last request left over.
+
+    Handing each request's connection everything left in a read made 9,000 tiny
+    pipelined requests in one 256 KB read cost ~2 s of copying; slices keep it linear.
+    """
+    sizes: list[int] = []
+    receive = h11.Connection.receive_data
+
+    def counting(self: h11.Connection, data: bytes) -> None:
+        sizes.append(len(data))
+        receive(self, data)
+
+    monkeypatch.setattr(h11.Connection, "receive_data", counting)
+    data = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * 9_000
+    recorder = Recorder()
+    parser = recorder.parser = H11RequestParser(recorder)
+    parser.feed_data(data)
+    assert recorder.events.count(("complete",)) == 9_000
+    assert max(sizes) <= 8192  # never all that is left of the read
+    assert sum(sizes) <= len(data) + 9_000 * 8192  # each request re-hands at most a slice
 
 
 def test_every_method_h11_allows_is_one_llhttp_knows() -> None:
