@@ -32,8 +32,12 @@ def app(environ, start_response):
 )
 
 
-def start(serve: StartServer, mode: str, workers: int = 2, source: str = PID_APP) -> Server:
+def start(
+    serve: StartServer, mode: str, workers: int = 2, source: str = PID_APP, hook: str = ""
+) -> Server:
     args = ["app:app", "--bind", "127.0.0.1:0", "-w", str(workers), "--socket-mode", mode]
+    if hook:
+        args += ["--shutdown", hook]
     server = serve([*args, "--timeout", "5", "--no-access-log"], modules={"app": source})
     server.wait_listening()
     return server
@@ -184,11 +188,16 @@ def test_no_connection_waits_on_a_slot_that_is_backing_off(serve: StartServer, m
             server.wait_for_log("exited with code 1; respawning in", count=crashes)
     assert crashes == 5, server.output()
     assert "respawning in 1.6s" in server.err, server.err
-    results = timed_gets(server, 24)
-    worst = max(t for t, _ in results)
-    print(f"\n{mode}: during a 1.6 s backoff of slot 1, 24 fresh connections: worst {worst:.2f}s")
-    assert {pid for _, pid in results} == {server.started()[2]}
-    assert worst < 1.0, results
+    # One at a time (so load from this test does not blur the number): each fresh
+    # connection, wherever the kernel puts it, is answered without waiting for slot 1.
+    latencies = []
+    for _ in range(12):
+        began = time.monotonic()
+        assert server.get("/", timeout=5).status_code == 200
+        latencies.append(time.monotonic() - began)
+    worst = max(latencies)
+    print(f"\n{mode}: during a 1.6 s backoff of slot 1, 12 fresh connections: worst {worst:.2f}s")
+    assert worst < 1.0, latencies
     assert server.stop() == 0, server.output()
 
 
@@ -202,10 +211,25 @@ def test_workers_do_not_outlive_a_killed_master(serve: StartServer) -> None:
     print(f"\nworkers gone {time.monotonic() - began:.2f}s after the master's SIGKILL")
 
 
+SLOW_HOOK_APP = (
+    PID_APP
+    + """
+import time
+
+def slow_hook(wid, signal_name):
+    time.sleep(1)
+"""
+)
+
+
 @pytest.mark.parametrize("mode", ["reuseport", "shared"])
 def test_sigttou_under_load_loses_no_request(serve: StartServer, mode: str) -> None:
-    """Removing a slot must not reset the connections the kernel queued on its socket."""
-    server = start(serve, mode, workers=3)
+    """Removing a slot must not reset the connections the kernel queued on its socket.
+
+    The removed worker's shutdown hook takes 1 s (closing a pool, say): its exit,
+    and so the slot's last close, comes 1 s after its drain stopped accepting.
+    """
+    server = start(serve, mode, workers=3, source=SLOW_HOOK_APP, hook="app:slow_hook")
     with Load(server.port, clients=8, fresh=True, max_seconds=40) as load:
         load.wait_ok(100)
         server.send_signal(signal.SIGTTOU)
