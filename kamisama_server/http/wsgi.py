@@ -119,7 +119,7 @@ class WSGIAdapter:
             return self._serve(exchange, environ)
         stream = InputStream(None)
         environ["wsgi.input"] = stream
-        call = _Call(self, environ, stream, exchange, asyncio.get_running_loop())
+        call = _Call(self, environ, stream, exchange, None)  # inline: the loop is found if needed
         call.inline = True
         call.run()
         if not call.done:
@@ -302,7 +302,7 @@ class _Call:
         environ: Environ,
         stream: InputStream,
         exchange: Exchange,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None,
     ) -> None:
         self.owner = owner
         self.environ: Environ | None = environ
@@ -369,6 +369,7 @@ class _Call:
                 if self.streaming and self.inline:
                     # Streaming may have to wait for the client: not on the loop's thread.
                     self.inline = False
+                    self.running_loop()  # the pool thread will need it
                     self.owner._pool.submit(lambda: self._resume(it, app_iter))
                     return True
         return False
@@ -489,7 +490,16 @@ class _Call:
     def _wake_loop(self) -> None:
         # RuntimeError: the loop is closed (the worker gave up waiting for us).
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self._on_wake)
+            self.running_loop().call_soon_threadsafe(self._on_wake)
+
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop; looked up on first need (on the loop's thread), since an inline
+        call that completes at once never needs it (``get_running_loop`` costs a
+        ``getpid`` syscall per call on Python 3.11)."""
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        return loop
 
     # -- the loop's side -------------------------------------------------------
 
@@ -507,7 +517,7 @@ class _Call:
                     self.items = []
                 elif not self.done:
                     self.wake_pending = False
-                    waiter = self.waiter = self.loop.create_future()
+                    waiter = self.waiter = self.running_loop().create_future()
             if items:
                 if self.loop_error is None:
                     await self._write(items)
