@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +21,9 @@ RunFn = Callable[[int], Any]
 ShutdownFn = Callable[[int, str], Any]
 """``shutdown(id, signal_name)``: sync or ``async def``; awaited before the worker exits."""
 
-SiblingFn = Callable[[int, str], Any]
-"""``on_sibling(id, "down" | "up" | "gone")``: another worker slot changed."""
+SiblingFn = Callable[[int, str, list[int]], Any]
+"""``on_sibling(id, "down" | "up" | "gone", fds)``: another worker slot changed;
+``fds`` are the descriptors ``lend_fds`` lent with a "down" (the callee owns them)."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,20 @@ class KamisamaOptions:
     """The event loop an async ``run`` is awaited on (default: asyncio's)."""
 
     on_sibling: SiblingFn | None = None
-    """Called in each worker when another slot changes: ``(id, "down")`` its worker
-    died and is not replaced yet, ``(id, "up")`` it serves again, ``(id, "gone")``
-    SIGTTOU removed it. Sync or async; on the worker's loop for an async ``run``.
-    Lets siblings cover for a slot that is down (the server adopts its socket)."""
+    """Called in each worker when another slot changes: ``(id, "down", fds)`` its
+    worker died and is not replaced yet, ``(id, "up", [])`` it serves again,
+    ``(id, "gone", [])`` SIGTTOU removed it. Sync or async; on the worker's loop for
+    an async ``run``. Lets siblings cover for a slot that is down (the server
+    accepts on the slot's socket, lent with the "down")."""
+
+    lend_fds: Callable[[int], Sequence[int]] | None = None
+    """Called in the master with a slot id: descriptors to lend (``SCM_RIGHTS``) with
+    that slot's "down" notice, so workers need not hold every slot's sockets."""
+
+    on_stop_requested: Callable[[str], object] | None = None
+    """Called in the worker's control thread the moment it decides to stop, with the
+    signal's name, before ``shutdown`` is scheduled: it runs even while the main
+    thread is busy in app code, so keep it to setting a flag."""
 
     on_shutdown: Callable[[str], object] | None = None
     """Called in the master with the signal's name when a graceful shutdown begins,
@@ -81,6 +92,8 @@ _OPTIONAL_CALLABLES = (
     "on_sibling",
     "on_slot_removed",
     "on_shutdown",
+    "lend_fds",
+    "on_stop_requested",
 )
 
 

@@ -124,6 +124,13 @@ class ServerWorkers:
         self.state = _WorkerState()
 
     async def run(self, wid: int) -> None:
+        mine = self.listeners.sockets_for(wid)
+        for listener in self.listeners.all():
+            if listener.sock not in mine:
+                # Only the master keeps every slot's socket (and lends a down one):
+                # a slot's last holder must be its own worker, or a removed slot's
+                # queue would be reset by some sibling's late close.
+                listener.sock.close()
         try:
             loaded = self.loaded = self.loaded or load(self.config)
             handler = self.state.handler = await self._make_handler(loaded)
@@ -133,7 +140,7 @@ class ServerWorkers:
             log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
             raise SystemExit(EXIT_CANNOT_START) from None
         server = self.state.server = self._new_server(handler)
-        await server.start(self.listeners.sockets_for(wid))
+        await server.start(mine)
         self.state.serving.set()
         ready()
         await self.state.stopped.wait()
@@ -142,31 +149,30 @@ class ServerWorkers:
         websocket = self.state.asgi.websocket if self.state.asgi else None
         return HttpServer(handler, self.http, websocket=websocket)
 
-    def _slot_sockets(self, wid: int) -> list[socket.socket]:
-        return [listener.sock for listener in self.listeners.per_slot.get(wid, [])]
+    def lend_fds(self, wid: int) -> list[int]:
+        """In the master: the slot's own sockets, lent to siblings while it is down."""
+        return [listener.sock.fileno() for listener in self.listeners.per_slot.get(wid, [])]
 
-    async def on_sibling(self, wid: int, change: str) -> None:
+    async def on_sibling(self, wid: int, change: str, fds: list[int]) -> None:
         """Cover a down sibling's ``SO_REUSEPORT`` queue until its successor is ready.
 
         Without this, connections the kernel hashed to that slot would wait for
-        its respawn (or its backoff); with a shared socket there is nothing to do.
+        its respawn (or its backoff); with a shared socket nothing is lent.
         """
+        lent = [socket.socket(fileno=fd) for fd in fds]
         state = self.state
         await state.serving.wait()
-        if state.stopping or state.handler is None:
+        covers = change == "down" and lent and wid not in state.adopted
+        if covers and not state.stopping and state.handler is not None:
+            server = state.adopted[wid] = self._new_server(state.handler)
+            await server.start(lent)
             return
-        if change == "down" and wid not in state.adopted:
-            sockets = self._slot_sockets(wid)
-            if sockets:
-                server = state.adopted[wid] = self._new_server(state.handler)
-                await server.start(sockets)
-        elif change in ("up", "gone"):
+        for sock in lent:
+            sock.close()
+        if change in ("up", "gone"):
             covering = state.adopted.pop(wid, None)
             if covering is not None:
-                await covering.drain(timeout=self.config.timeout)
-            if change == "gone":
-                for sock in self._slot_sockets(wid):
-                    sock.close()
+                await covering.drain(timeout=self.config.timeout, close_sockets=True)
 
     async def _make_handler(self, loaded: _Loaded) -> AppHandler:
         if loaded.interface == "asgi":
@@ -262,6 +268,7 @@ def serve(config: ServeConfig) -> int:
         on_ready=announce,
         before_fork=listeners.add_slot,
         on_sibling=workers.on_sibling,
+        lend_fds=workers.lend_fds,
         on_slot_removed=listeners.drop_slot,
         on_shutdown=lambda _signal: listeners.close(),
         loop_factory=_loop_factory(),

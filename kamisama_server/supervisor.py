@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -277,21 +278,32 @@ class Supervisor:
         self.processes[pid] = process
         self.selector.register(master_end, selectors.EVENT_READ, process)
         log(f"worker {wid} (pid {pid}) started")
-        for other in sorted(self.down - {wid}):
-            self._send(process, f"sibling {other} down")
+        if self.options.on_sibling is not None:
+            for other in sorted(self.down - {wid}):
+                self._tell_sibling(process, other, "down")
         return process
 
-    def _send(self, process: _Process, line: str) -> None:
+    def _send(self, process: _Process, line: str, fds: Sequence[int] = ()) -> None:
         with contextlib.suppress(OSError):
-            process.channel.sendall(line.encode("ascii") + b"\n")
+            data = line.encode("ascii") + b"\n"
+            if fds:
+                socket.send_fds(process.channel, [data], list(fds))
+            else:
+                process.channel.sendall(data)
 
-    def _tell_siblings(self, wid: int, state: str) -> None:
+    def _tell_siblings(self, wid: int, change: str) -> None:
         """Broadcast a slot's change to the other workers (``on_sibling``)."""
         if self.options.on_sibling is None or self.stopping:
             return
         for process in self.processes.values():
             if process.wid != wid and not process.stopping:
-                self._send(process, f"sibling {wid} {state}")
+                self._tell_sibling(process, wid, change)
+
+    def _tell_sibling(self, process: _Process, wid: int, change: str) -> None:
+        """``sibling ID CHANGE N``: N descriptors ride along (lent with a "down")."""
+        lend = self.options.lend_fds
+        fds = list(lend(wid)) if lend is not None and change == "down" else []
+        self._send(process, f"sibling {wid} {change} {len(fds)}", fds)
 
     def _become_worker(self, wid: int, channel: socket.socket) -> NoReturn:
         """In the child: drop everything that is the master's, then run the worker."""

@@ -117,7 +117,8 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_future: asyncio.Future[str] | None = None
         self.pending_stop: str | None = None
-        self.pending_siblings: list[tuple[int, str]] = []
+        self.pending_siblings: list[tuple[int, str, list[int]]] = []
+        self.lent_fds: list[int] = []  # received with "sibling" lines, in order
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
 
@@ -173,8 +174,8 @@ class Worker:
             self.stop_future = stop_future
             if self.pending_stop is not None:
                 stop_future.set_result(self.pending_stop)
-            for wid, state in self.pending_siblings:
-                loop.call_soon(self._start_sibling_task, wid, state)
+            for wid, state, fds in self.pending_siblings:
+                loop.call_soon(self._start_sibling_task, wid, state, fds)
             self.pending_siblings.clear()
         run_task: asyncio.Future[Any] = asyncio.ensure_future(make_coro())
         await asyncio.wait({run_task, stop_future}, return_when=asyncio.FIRST_COMPLETED)
@@ -246,9 +247,10 @@ class Worker:
             for key, _ in selector.select():
                 if key.fileobj is self.channel:
                     try:
-                        data = self.channel.recv(4096)
+                        data, fds, _flags, _addr = socket.recv_fds(self.channel, 4096, 64)
                     except OSError:
-                        data = b""
+                        data, fds = b"", []
+                    self.lent_fds.extend(fds)
                     if not data:
                         selector.unregister(self.channel)
                         self._stop(PARENT_GONE, parent_gone=True)
@@ -260,8 +262,10 @@ class Worker:
                         if verb == "stop":
                             self._stop(arg)
                         elif verb == "sibling":
-                            wid, _, state = arg.partition(" ")
-                            self._sibling(int(wid), state)
+                            wid, state, count = arg.split(" ")
+                            lent = self.lent_fds[: int(count)]
+                            del self.lent_fds[: int(count)]
+                            self._sibling(int(wid), state, lent)
                 else:
                     for signum in os.read(self.wake_r, 64):
                         if any(signum == sig for sig in SHUTDOWN_SIGNALS):
@@ -273,6 +277,11 @@ class Worker:
                 return
             self.stopping = True
             self._arm_watchdog(parent_gone)
+            if self.options.on_stop_requested is not None:
+                try:
+                    self.options.on_stop_requested(name)
+                except Exception:
+                    traceback.print_exc()
             if self.async_mode:
                 if self.loop is None:
                     self.pending_stop = name
@@ -281,33 +290,33 @@ class Worker:
                 return
         exit_now(self._call_hook_sync(name))
 
-    def _sibling(self, wid: int, state: str) -> None:
+    def _sibling(self, wid: int, state: str, fds: list[int]) -> None:
         """Hand a sibling's change to ``on_sibling``, in the order they came."""
         callback = self.options.on_sibling
-        if callback is None:
-            return
         with self.lock:
-            if self.stopping:
+            if callback is None or self.stopping:
+                for fd in fds:
+                    os.close(fd)
                 return
             if self.async_mode:
                 if self.loop is None:
-                    self.pending_siblings.append((wid, state))
+                    self.pending_siblings.append((wid, state, fds))
                 else:
-                    self.loop.call_soon_threadsafe(self._start_sibling_task, wid, state)
+                    self.loop.call_soon_threadsafe(self._start_sibling_task, wid, state, fds)
                 return
         try:
-            result = callback(wid, state)
+            result = callback(wid, state, fds)
             if inspect.isawaitable(result):
                 asyncio.run(_await(result))
         except Exception:
             traceback.print_exc()
 
-    def _start_sibling_task(self, wid: int, state: str) -> None:
+    def _start_sibling_task(self, wid: int, state: str, fds: list[int]) -> None:
         callback = self.options.on_sibling
         if callback is None:
             return
         try:
-            result = callback(wid, state)
+            result = callback(wid, state, fds)
         except Exception:
             traceback.print_exc()
             return

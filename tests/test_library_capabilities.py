@@ -194,7 +194,7 @@ def test_siblings_hear_a_slot_go_down_come_back_up_and_go_away(script):
 def run(id):
     print(f"pid {id} {os.getpid()}")
 
-async def on_sibling(id, state):
+async def on_sibling(id, state, fds):
     print(f"worker {worker_id()} hears {id} {state}")
 
 def on_slot_removed(id):
@@ -226,7 +226,7 @@ def run(id):
     if id == 2:
         sys.exit(1)  # slot 2 stays down, backing off
 
-def on_sibling(id, state):
+def on_sibling(id, state, fds):
     print(f"worker {worker_id()} pid {os.getpid()} hears {id} {state}")
 
 sys.exit(kamisama(workers=2, run=run, on_sibling=on_sibling))
@@ -238,5 +238,33 @@ sys.exit(kamisama(workers=2, run=run, on_sibling=on_sibling))
     wait_until(lambda: master.worker_pids()[1] != first, what="worker 1 respawned")
     second = master.worker_pids()[1]
     master.wait_for_output(f"worker 1 pid {second} hears 2 down")
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0
+
+
+def test_the_master_lends_descriptors_with_a_down_notice(script):
+    master = script(
+        PRELUDE
+        + """
+lent_r, lent_w = os.pipe()
+os.write(lent_w, b"lent by the master")
+
+def run(id):
+    print(f"pid {id} {os.getpid()}")
+
+def lend_fds(id):
+    return [lent_r]
+
+def on_sibling(id, state, fds):
+    if fds:
+        print(f"worker {worker_id()} got {os.read(fds[0], 64).decode()} for {id}")
+        os.close(fds[0])
+
+sys.exit(kamisama(workers=2, run=run, on_sibling=on_sibling, lend_fds=lend_fds))
+"""
+    )
+    first = wait_until(lambda: len(master.worker_pids()) == 2 and master.worker_pids())
+    os.kill(first[2], signal.SIGKILL)
+    master.wait_for_output("worker 1 got lent by the master for 2")
     master.signal_master(signal.SIGTERM)
     assert master.wait() == 0

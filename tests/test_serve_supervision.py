@@ -223,10 +223,9 @@ def slow_hook(wid, signal_name):
 )
 
 
-# reuseport is left out until TTOU_GONE_RACE (below) is fixed: under load on a busy
-# machine it loses 1-3 requests in about 1 run of 3; the busy-siblings test shows it
-# deterministically. Add "reuseport" here once that test passes.
-@pytest.mark.parametrize("mode", ["shared"])
+# Workers hold only their own slot's socket (the master lends a down slot's to its
+# siblings), so a removed slot's last close is its own worker's accept-then-close.
+@pytest.mark.parametrize("mode", ["reuseport", "shared"])
 def test_sigttou_under_load_loses_no_request(serve: StartServer, mode: str) -> None:
     """Removing a slot must not reset the connections the kernel queued on its socket.
 
@@ -265,15 +264,6 @@ def app(environ, start_response):
 """
 )
 
-TTOU_GONE_RACE = pytest.mark.xfail(
-    strict=True,
-    reason="reuseport SIGTTOU: the master stops the removed worker and tells the siblings "
-    "'gone' at the same time; a sibling whose loop is busy closes its copy of the slot's "
-    "socket only after the removed worker's final accept-then-close, so connections queued "
-    "on it meanwhile are reset by the sibling's close (needs: siblings let go, acknowledged, "
-    "before the removed worker drains)",
-)
-
 
 def make_busy(server: Server, wids: set[int]) -> list[threading.Thread]:
     """Fresh ``/busy`` requests until each worker in ``wids`` is inside a 2 s blocking call."""
@@ -295,7 +285,7 @@ def _moved(busy: list[Path], before: int, thread: threading.Thread) -> Callable[
     return lambda: sum(p.exists() for p in busy) > before or not thread.is_alive()
 
 
-@pytest.mark.parametrize("mode", [pytest.param("reuseport", marks=TTOU_GONE_RACE), "shared"])
+@pytest.mark.parametrize("mode", ["reuseport", "shared"])
 def test_sigttou_while_the_other_workers_are_busy_loses_no_request(
     serve: StartServer, mode: str
 ) -> None:
