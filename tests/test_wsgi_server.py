@@ -225,7 +225,8 @@ def serve_file(environ: Environ, start_response: StartResponse) -> Iterable[byte
 
 @pytest.fixture(scope="module", params=[1, 4], ids=["threads1", "threads4"])
 def server(request: pytest.FixtureRequest) -> Iterator[BackgroundServer]:
-    adapter = WSGIAdapter(app, threads=request.param)
+    # Not adaptive: the threads1 runs must stay inline however slow the test routes are.
+    adapter = WSGIAdapter(app, threads=request.param, adaptive=False)
     config = HttpConfig(limit_request_body=1_000_000, access_log=False)
     with BackgroundServer(adapter, config) as srv:
         yield srv
@@ -286,6 +287,38 @@ def test_pipelined_in_one_packet_and_nothing_after_a_close(server: BackgroundSer
             assert reader.buf == b"", "nothing is answered after a response that closes"
         assert bodies[0] == b"Hello, world!" and bodies[1] in (b"Hello, world!", b"bye")
         assert f"after-close-{i}" not in seen, "the app never sees a request after a close"
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.parametrize(("app_time", "moves"), [(0.0, False), (0.0002, True)])
+def test_a_slow_app_moves_to_the_thread_a_fast_one_stays_inline(
+    app_time: float, moves: bool
+) -> None:
+    threads_seen: set[str] = set()
+
+    def timed_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+        _busy(app_time)
+        threads_seen.add(threading.current_thread().name)
+        assert environ["wsgi.multithread"] is False
+        return text(start_response, b"ok")
+
+    adapter = WSGIAdapter(timed_app, threads=1)
+    calls = 400  # more than the adapter's _DECIDE_AFTER
+    with BackgroundServer(adapter, HttpConfig(access_log=False)) as srv:
+        assert adapter.inline
+        with connect(srv.port) as sock:
+            reader = Reader(sock)
+            for _ in range(calls // 10):  # pipelined, 10 at a time
+                sock.sendall(b"GET /t HTTP/1.1\r\nHost: t\r\n\r\n" * 10)
+                assert all(reader.response().body == b"ok" for _ in range(10))
+        assert adapter.inline is not moves
+    adapter.close()
+    assert (len(threads_seen) == 2) is moves  # the loop's thread, then the pool's
 
 
 def test_one_content_length_header(server: BackgroundServer) -> None:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol
@@ -70,6 +71,13 @@ _JOIN_MAX = 256 * 1024
 
 _NO_BODY_STATUS = frozenset((204, 304))
 
+# Inline or in the thread (threads == 1): the mean wall time of the first
+# _DECIDE_AFTER inline calls decides (see WSGIAdapter). A sample is capped so
+# that one slow first call (imports, warm-up) cannot decide alone.
+_DECIDE_AFTER = 256
+_POOL_ABOVE = 20e-6
+_SAMPLE_MAX = 1e-3
+
 
 class WSGIAdapter:
     """An ``AppHandler`` serving a WSGI app; one per worker process.
@@ -78,27 +86,36 @@ class WSGIAdapter:
     first use). Call ``close()`` once the engine has drained, to stop them.
 
     With ``threads == 1`` (and ``inline`` left on) a request whose body is
-    already complete runs its app call on the loop's thread: with one thread
-    only one call runs at a time either way, and the hop to a thread and back
-    costs. Measured with wrk on one worker process (uvloop, 2 shared cores,
-    medians of interleaved runs), server CPU per request:
-    hello app, 32 connections: 18.1 us inline vs 21-23 us threaded (req/s
-    about +5%); 1 connection: 40 vs 72 us (15k vs 9.5k req/s). For Flask's
-    hello route (about 35 us of app code) the thread was slightly better:
-    74 vs 80 us and about +5% req/s, since the loop's syscalls overlap the
-    app's Python code; ``inline=False`` keeps that choice open.
+    already complete runs its app call on the loop's thread, answered inside
+    the parser's callback (``serve_now``): with one thread only one call runs
+    at a time either way, and for a fast app the hop to a thread and back
+    costs more than the app. For a slow app it costs nothing: the thread is
+    seldom idle, so wake-ups are few, and the loop's reads and writes run
+    while the app holds the GIL. So the adapter watches the app: if the mean
+    wall time of its first ``_DECIDE_AFTER`` calls is over ``_POOL_ABOVE``,
+    its calls move to the thread for good (one way, so that two calls never
+    overlap). Measured with 2 workers, wrk -t2 -c64, 3
+    interleaved rounds on the shared 2-core machine (server CPU per request;
+    req/s): raw hello (~2 us of app) inline 15.4 us vs thread 26.7 us, req/s
+    about equal; Flask's hello route (~45 us of app) inline 77.7 us vs thread
+    76.0 us, 10.5k vs 16.3k req/s. Between them, ``_POOL_ABOVE``.
     What cannot run on the loop moves to the pool: an iterable that must
     stream (no ``Content-Length`` reached) continues in a thread, and an app
     that calls ``write()`` runs in threads from then on, since neither may
     wait for a slow client on the loop's thread.
     """
 
-    def __init__(self, app: WSGIApp, *, threads: int = 1, inline: bool = True) -> None:
+    def __init__(
+        self, app: WSGIApp, *, threads: int = 1, inline: bool = True, adaptive: bool = True
+    ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.app = app
         self.threads = threads
         self.inline = inline and threads == 1
+        # Inline calls timed so far; with adaptive=False the placement is never revisited.
+        self._calls_seen = 0 if adaptive else _DECIDE_AFTER
+        self._call_time = 0.0  # their total wall time, seconds
         self._pool = ThreadPool(threads)
         self._environ = EnvironBuilder(multithread=threads > 1, file_wrapper=FileWrapper)
 
@@ -121,7 +138,7 @@ class WSGIAdapter:
         environ["wsgi.input"] = stream
         call = _Call(self, environ, stream, exchange, None)  # inline: the loop is found if needed
         call.inline = True
-        call.run()
+        self._run_inline(call)
         if not call.done:
             return call.pump()
         if call.complete_now():
@@ -138,7 +155,7 @@ class WSGIAdapter:
         call = _Call(self, environ, stream, exchange, loop)
         if self.inline and stream.complete:
             call.inline = True
-            call.run()
+            self._run_inline(call)
             if call.done:
                 if not call.complete_now():
                     await call.complete()
@@ -150,6 +167,23 @@ class WSGIAdapter:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the app threads (after the engine drained in-flight requests)."""
         self._pool.shutdown(timeout)
+
+    def _run_inline(self, call: _Call) -> None:
+        """Run ``call`` on the loop's thread, timing it until the placement is decided."""
+        seen = self._calls_seen
+        if seen >= _DECIDE_AFTER:
+            call.run()
+            return
+        start = time.perf_counter()
+        call.run()
+        self._call_time += min(time.perf_counter() - start, _SAMPLE_MAX)
+        self._calls_seen = seen = seen + 1
+        if seen == _DECIDE_AFTER:
+            mean = self._call_time / seen
+            if mean > _POOL_ABOVE:
+                self._stop_inline(
+                    f"takes {mean * 1e6:.0f} us per call (over {_POOL_ABOVE * 1e6:.0f})"
+                )
 
     def _stop_inline(self, why: str) -> None:
         if self.inline:
