@@ -295,9 +295,16 @@ def _busy(seconds: float) -> None:
         pass
 
 
-@pytest.mark.parametrize(("app_time", "moves"), [(0.0, False), (0.0002, True)])
+@pytest.mark.parametrize(
+    ("app_time", "calls", "moves"),
+    [
+        (0.0, 400, False),  # fast: inline (more calls than the adapter's _DECIDE_AFTER)
+        (0.0002, 400, True),  # slow on average: moves once the first 256 are timed
+        (0.002, 20, True),  # blocking: moves after 8 such calls
+    ],
+)
 def test_a_slow_app_moves_to_the_thread_a_fast_one_stays_inline(
-    app_time: float, moves: bool
+    app_time: float, calls: int, moves: bool
 ) -> None:
     threads_seen: set[str] = set()
 
@@ -308,7 +315,6 @@ def test_a_slow_app_moves_to_the_thread_a_fast_one_stays_inline(
         return text(start_response, b"ok")
 
     adapter = WSGIAdapter(timed_app, threads=1)
-    calls = 400  # more than the adapter's _DECIDE_AFTER
     with BackgroundServer(adapter, HttpConfig(access_log=False)) as srv:
         assert adapter.inline
         with connect(srv.port) as sock:

@@ -73,10 +73,16 @@ _NO_BODY_STATUS = frozenset((204, 304))
 
 # Inline or in the thread (threads == 1): the mean wall time of the first
 # _DECIDE_AFTER inline calls decides (see WSGIAdapter). A sample is capped so
-# that one slow first call (imports, warm-up) cannot decide alone.
+# that one slow first call (imports, warm-up) cannot decide alone. An app that
+# blocks (sleeps, waits on a database) moves at once, after _BLOCKING_CALLS
+# calls over _BLOCKING: meanwhile every connection of the worker waits for it,
+# timers fire late, and a drain may close a keep-alive connection whose next
+# request is already unread in its socket (a reset for that client).
 _DECIDE_AFTER = 256
 _POOL_ABOVE = 20e-6
 _SAMPLE_MAX = 1e-3
+_BLOCKING = 1e-3
+_BLOCKING_CALLS = 8
 
 
 class WSGIAdapter:
@@ -116,6 +122,7 @@ class WSGIAdapter:
         # Inline calls timed so far; with adaptive=False the placement is never revisited.
         self._calls_seen = 0 if adaptive else _DECIDE_AFTER
         self._call_time = 0.0  # their total wall time, seconds
+        self._blocking_calls = 0  # of them, those over _BLOCKING
         self._pool = ThreadPool(threads)
         self._environ = EnvironBuilder(multithread=threads > 1, file_wrapper=FileWrapper)
 
@@ -176,7 +183,16 @@ class WSGIAdapter:
             return
         start = time.perf_counter()
         call.run()
-        self._call_time += min(time.perf_counter() - start, _SAMPLE_MAX)
+        took = time.perf_counter() - start
+        if took > _BLOCKING:
+            self._blocking_calls += 1
+            if self._blocking_calls == _BLOCKING_CALLS:
+                self._calls_seen = _DECIDE_AFTER
+                self._stop_inline(
+                    f"blocks (took over {_BLOCKING * 1e3:.0f} ms {_BLOCKING_CALLS} times)"
+                )
+                return
+        self._call_time += min(took, _SAMPLE_MAX)
         self._calls_seen = seen = seen + 1
         if seen == _DECIDE_AFTER:
             mean = self._call_time / seen
