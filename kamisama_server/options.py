@@ -22,8 +22,8 @@ ShutdownFn = Callable[[int, str], Any]
 """``shutdown(id, signal_name)``: sync or ``async def``; awaited before the worker exits."""
 
 SiblingFn = Callable[[int, str, list[int]], Any]
-"""``on_sibling(id, "down" | "up" | "gone", fds)``: another worker slot changed;
-``fds`` are the descriptors ``lend_fds`` lent with a "down" (the callee owns them)."""
+"""``on_sibling(id, "down" | "up", fds)``: another worker slot changed; ``fds`` are
+the descriptors ``lend_fds`` lent with a "down" (the callee owns them)."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,10 @@ class KamisamaOptions:
     """The event loop an async ``run`` is awaited on (default: asyncio's)."""
 
     on_sibling: SiblingFn | None = None
-    """Called in each worker when another slot changes: ``(id, "down", fds)`` its
-    worker died and is not replaced yet, ``(id, "up", [])`` it serves again,
-    ``(id, "gone", [])`` SIGTTOU removed it. Sync or async; on the worker's loop for
-    an async ``run``. Lets siblings cover for a slot that is down (the server
+    """Called in each worker when another slot changes: ``(id, "down", fds)`` no
+    worker serves it (its worker died and is not ready again, or SIGTTOU removed
+    it), ``(id, "up", [])`` it is served again. Sync or async; on the worker's loop
+    for an async ``run``. Lets siblings cover for a slot nobody serves (the server
     accepts on the slot's socket, lent with the "down")."""
 
     lend_fds: Callable[[int], Sequence[int]] | None = None
@@ -78,10 +78,6 @@ class KamisamaOptions:
     """Called in the master with the signal's name when a graceful shutdown begins,
     before the workers are told (the server closes its listening sockets here)."""
 
-    on_slot_removed: Callable[[int], object] | None = None
-    """Called in the master when SIGTTOU removes a slot (its worker is told to stop
-    at the same moment; the server closes the master's copy of the slot's socket)."""
-
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(KamisamaOptions))
 _OPTIONAL_CALLABLES = (
@@ -90,7 +86,6 @@ _OPTIONAL_CALLABLES = (
     "before_fork",
     "loop_factory",
     "on_sibling",
-    "on_slot_removed",
     "on_shutdown",
     "lend_fds",
     "on_stop_requested",

@@ -169,7 +169,7 @@ class ServerWorkers:
             return
         for sock in lent:
             sock.close()
-        if change in ("up", "gone"):
+        if change == "up":
             covering = state.adopted.pop(wid, None)
             if covering is not None:
                 await covering.drain(timeout=self.config.timeout, close_sockets=True)
@@ -269,7 +269,6 @@ def serve(config: ServeConfig) -> int:
         before_fork=listeners.add_slot,
         on_sibling=workers.on_sibling,
         lend_fds=workers.lend_fds,
-        on_slot_removed=listeners.drop_slot,
         on_shutdown=lambda _signal: listeners.close(),
         loop_factory=_loop_factory(),
     )

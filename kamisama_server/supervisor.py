@@ -391,19 +391,6 @@ class Supervisor:
             self.down.add(process.wid)
             self._tell_siblings(process.wid, "down")
 
-    def _remove_slot(self, wid: int) -> None:
-        """SIGTTOU: the slot is gone for good, while its worker drains.
-
-        Everyone else lets go of the slot first (the master via ``on_slot_removed``,
-        siblings via ``gone``), so the draining worker holds the last reference to
-        its ``SO_REUSEPORT`` socket: its final accept-then-close leaves no window in
-        which the kernel queues connections on a socket nobody will accept from.
-        """
-        self.down.discard(wid)
-        self._tell_siblings(wid, "gone")
-        if self.options.on_slot_removed is not None:
-            self.options.on_slot_removed(wid)
-
     def _respawn_due(self) -> None:
         now = time.monotonic()
         for wid, when in list(self.respawn_at.items()):
@@ -429,11 +416,16 @@ class Supervisor:
         self.target -= 1
         self.respawn_at.pop(wid, None)
         log(f"{name}: one worker fewer, now {self.target}")
+        # The slot stays, served by its siblings from now on, as a down slot is:
+        # closing a SO_REUSEPORT socket would reset what the kernel queued on it.
+        # They start covering it before its worker even begins to drain.
+        if wid not in self.down:
+            self.down.add(wid)
+            self._tell_siblings(wid, "down")
         deadline = time.monotonic() + self.options.timeout
         for process in list(self.processes.values()):
             if process.wid == wid:
                 self._stop_process(process, name, deadline)
-        self._remove_slot(wid)
 
     def _begin_rolling_restart(self) -> None:
         if self.rolling is not None:
