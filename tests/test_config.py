@@ -62,7 +62,7 @@ def test_defaults_are_issue_3s(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         root_path="",
         ssl_certfile=None,
         ssl_keyfile=None,
-        access_log=True,
+        access_log=False,
         log_level="info",
         preload=False,
         limit_request_line=8190,

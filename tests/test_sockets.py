@@ -119,8 +119,8 @@ def test_parse_bind_rejects_bad_specs_with_a_clear_message(text: str, message: s
         parse_bind(text)
 
 
-def test_default_socket_mode_is_reuseport_only_where_the_kernel_balances() -> None:
-    assert default_socket_mode() == ("reuseport" if HAS_REUSEPORT else "shared")
+def test_default_socket_mode_is_shared_as_measured() -> None:
+    assert default_socket_mode() == "shared"
 
 
 # --------------------------------------------------------------------------- TCP

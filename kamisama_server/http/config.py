@@ -43,7 +43,7 @@ class HttpConfig:
     server_header: bool = True
     server_name: str = "kamisama"
     date_header: bool = True
-    access_log: bool = True
+    access_log: bool = False
 
     # Request parser: "httptools", "h11" (the fallback), or "auto" (see parser_choice).
     parser: str = "auto"
