@@ -170,12 +170,6 @@ def test_sigterm_lets_an_https_request_in_flight_finish_then_exits_0(
     assert server.wait() == 0, server.output()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="http/server.py awaits the TLS handshake in connect_accepted_socket (asyncio's "
-    "60 s default) and drain waits for it: a silent TCP client holds the worker until "
-    "--timeout kills it (exit 1)",
-)
 def test_sigterm_exits_0_with_a_client_that_never_starts_tls(
     serve: StartServer, certificate: Certificate
 ) -> None:

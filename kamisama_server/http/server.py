@@ -147,16 +147,36 @@ class HttpServer:
 
     async def _adopt(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        tls = self.config.ssl
         try:
-            await loop.connect_accepted_socket(self._protocol, conn, ssl=self.config.ssl)
+            if tls is None:
+                await loop.connect_accepted_socket(self._protocol, conn)
+            else:  # a client that never starts its handshake is a slow request head
+                await loop.connect_accepted_socket(
+                    self._protocol, conn, ssl=tls, ssl_handshake_timeout=self.config.header_timeout
+                )
         except Exception as exc:
             error_log.info("could not set up accepted connection: %s", exc)
             conn.close()
 
     async def _adopted(self) -> None:
-        """Wait until every accepted socket has its protocol (drain counts them then)."""
+        """Wait until every accepted socket has its protocol (drain counts them then).
+
+        A TLS handshake still pending after ``drain_fresh_timeout`` is given up, as
+        a plain connection that sent nothing is: one silent client must not hold
+        the drain until the master's timeout kills the worker.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_fresh_timeout
         while self._adopting:
-            await asyncio.gather(*list(self._adopting), return_exceptions=True)
+            pending = list(self._adopting)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                return
+            await asyncio.wait(pending, timeout=remaining)
 
     def _stop_accepting(self) -> None:
         if not self._accepting:
