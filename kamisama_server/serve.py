@@ -184,6 +184,13 @@ class ServerWorkers:
         self.state.wsgi = wsgi
         return wsgi
 
+    def stop_requested(self, signal_name: str) -> None:
+        """In the worker's control thread, at once: even an app call running on the
+        loop now answers with ``Connection: close``."""
+        server = self.state.server
+        if server is not None:
+            server.mark_draining()
+
     async def shutdown(self, wid: int, signal_name: str) -> None:
         state = self.state
         state.stopping = True
@@ -269,6 +276,7 @@ def serve(config: ServeConfig) -> int:
         before_fork=listeners.add_slot,
         on_sibling=workers.on_sibling,
         lend_fds=workers.lend_fds,
+        on_stop_requested=workers.stop_requested,
         on_shutdown=lambda _signal: listeners.close(),
         loop_factory=_loop_factory(),
     )

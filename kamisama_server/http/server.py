@@ -81,6 +81,15 @@ class HttpServer:
             self._sockets.append(sock)
             loop.add_reader(sock.fileno(), self._on_readable, sock)
 
+    def mark_draining(self) -> None:
+        """Answer from now on with ``connection: close``; safe from any thread.
+
+        For the moment a stop is decided while the loop is busy (an app running
+        inline): the response in progress then already tells its client to go.
+        ``drain()`` does the rest once the loop is free.
+        """
+        self.state.draining = True
+
     async def drain(self, timeout: float | None = None, *, close_sockets: bool = False) -> None:
         """Graceful stop: serve what was queued and in flight, then return.
 
