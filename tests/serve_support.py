@@ -14,7 +14,6 @@ import re
 import select
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import httpx
 from http_support import Reader
-from processes import pid_alive, wait_until
+from processes import GroupProcess, pid_alive, wait_until
 
 SERVE = str(Path(sys.executable).with_name("kamisama-serve"))
 LISTENING = re.compile(
@@ -46,7 +45,7 @@ PID_APP = textwrap.dedent("""
 """A WSGI app answering ``"PID WORKER_ID"``: who served the request."""
 
 
-class Server:
+class Server(GroupProcess):
     """One ``kamisama-serve`` master process and the files it reads and writes."""
 
     def __init__(
@@ -59,44 +58,19 @@ class Server:
         command: Sequence[str] | None = None,
         pass_fds: Sequence[int] = (),
     ) -> None:
-        self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         for name, source in (modules or {}).items():
             path = directory / (name.replace(".", "/") + ".py")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(textwrap.dedent(source))
-        self.stdout_path = directory / "stdout.txt"
-        self.stderr_path = directory / "stderr.txt"
         full_env = {k: v for k, v in os.environ.items() if not _ours(k)}
         full_env.update(env or {})
         argv = [*(command or [SERVE]), *args]
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=directory,
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                env=full_env,
-                start_new_session=True,
-                pass_fds=tuple(pass_fds),
-            )
-        self.pid = self.process.pid
+        super().__init__(directory, argv, full_env, tuple(pass_fds))
         self.port = 0
         self.workers = 0
 
     # ---- reading -----------------------------------------------------------
-
-    @property
-    def out(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    @property
-    def err(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def output(self) -> str:
-        return f"--- stdout:\n{self.out}\n--- stderr:\n{self.err}"
 
     def listening_lines(self) -> list[re.Match[str]]:
         return [m for line in self.out.splitlines() if (m := LISTENING.match(line))]
@@ -144,29 +118,9 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def send_signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def wait(self, timeout: float = 20.0) -> int:
-        """The master's exit code, or fail with its output after ``timeout``."""
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"master did not exit within {timeout}s\n{self.output()}"
-            ) from None
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         self.send_signal(sig)
         return self.wait(timeout)
-
-    def cleanup(self) -> None:
-        """Kill whatever is left of this server's own process group."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
 
     # ---- talking -----------------------------------------------------------
 

@@ -74,9 +74,14 @@ def server() -> Iterator[BackgroundServer]:
 
 @pytest.mark.parametrize("name", sorted(FILES) or ["<no corpus>"])
 def test_corpus_request(server: BackgroundServer, name: str) -> None:
+    assert_corpus_verdict(name, server.port)
+
+
+def assert_corpus_verdict(name: str, port: int) -> None:
+    """Send one corpus file on a fresh connection, judge the answer by the manifest
+    (and our ``DEVIATIONS``), then check a good request is still served."""
     entry = FILES[name]
-    data = decode((CORPUS / name).read_bytes())
-    responses, closed = exchange(server.port, data)
+    responses, closed = exchange(port, decode((CORPUS / name).read_bytes()))
     statuses = [r.status for r in responses]
     verdict = DEVIATIONS.get(name, ("", ""))[0]
     if verdict == "served":
@@ -91,4 +96,4 @@ def test_corpus_request(server: BackgroundServer, name: str) -> None:
     else:
         assert closed, f"{name}: invalid request left the connection open"
         assert not statuses or statuses[-1] >= 400, f"{name}: {statuses}"
-    assert good_request(server.port).status == 200
+    assert good_request(port).status == 200

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from http_support import good_request
 from serve_support import Server
-from test_http_corpus import CORPUS, DEVIATIONS, FILES, decode, exchange
+from test_http_corpus import CORPUS, FILES, assert_corpus_verdict
 
 APPS = {
     "wsgi": """
@@ -60,21 +59,6 @@ def server(
 
 @pytest.mark.parametrize("name", sorted(FILES) or ["<no corpus>"])
 def test_corpus_request_through_the_server(server: Server, name: str) -> None:
-    entry = FILES[name]
-    responses, closed = exchange(server.port, decode((CORPUS / name).read_bytes()))
-    statuses = [r.status for r in responses]
-    verdict = DEVIATIONS.get(name, ("", ""))[0]
-    if verdict == "served":
-        assert statuses and statuses[0] == 200, f"{name}: {statuses}"
-    elif verdict == "rejected":
-        assert closed and statuses and statuses[-1] >= 400, f"{name}: {statuses}"
-    elif entry["config_dependent"]:
-        assert closed, f"{name}: neither answered nor closed: {statuses}"
-    elif entry["kind"] == "valid":
-        assert statuses == [200] * int(str(entry["requests"])), f"{name}: {statuses}"
-    else:
-        assert closed, f"{name}: invalid request left the connection open"
-        assert not statuses or statuses[-1] >= 400, f"{name}: {statuses}"
-    assert good_request(server.port).status == 200
+    assert_corpus_verdict(name, server.port)
     assert server.process.poll() is None
     assert "respawning" not in server.err, server.err
