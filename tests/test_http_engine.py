@@ -71,6 +71,22 @@ def test_http10_closes_unless_keep_alive_asked(server: BackgroundServer) -> None
             assert resp.status == 200 and resp.header("connection") == "keep-alive"
 
 
+def test_non_websocket_upgrade_is_answered_then_closed(server: BackgroundServer) -> None:
+    # What follows an upgrade head is not HTTP/1.1 we could parse: answer it, then close.
+    raw = b"GET /up HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    resp, closed = request(server.port, raw)
+    assert resp.status == 200 and resp.body == b"ok /up"
+    assert resp.header("connection") == "close" and closed
+    # "Connection: upgrade" without an Upgrade header is no upgrade: the connection stays.
+    with connect(server.port) as sock:
+        reader = Reader(sock)
+        for i in range(2):
+            sock.sendall(b"GET /n%d HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\n\r\n" % i)
+            resp = reader.response()
+            assert resp.status == 200 and resp.body == b"ok /n%d" % i
+            assert resp.header("connection") is None
+
+
 def test_http10_streamed_response_is_close_delimited(server: BackgroundServer) -> None:
     resp, closed = request(server.port, b"GET /stream HTTP/1.0\r\n\r\n")
     assert resp.body == b"part0;part1;part2;" and closed

@@ -54,6 +54,8 @@ class AsgiAdapter:
             self.websocket = UvicornWebSockets(app, config, self.lifespan.state)
         self._root_path = config.root_path
         self._root_raw = config.root_path.encode("ascii")
+        # The lifespan's state dict (one object for the worker's life), copied per request.
+        self._state = self.lifespan.state if self.lifespan.enabled else None
 
     async def startup(self) -> None:
         """Lifespan startup; raises ``LifespanFailed`` if the app says it failed."""
@@ -84,8 +86,9 @@ class AsgiAdapter:
             "headers": head.headers,
             "extensions": {"http.response.pathsend": {}},
         }
-        if self.lifespan.enabled:
-            scope["state"] = self.lifespan.state.copy()
+        state = self._state
+        if state is not None:
+            scope["state"] = state.copy()
         cycle = _Cycle(exchange)
         await self.app(scope, cycle.receive, cycle.send)
 

@@ -301,7 +301,8 @@ class HttpProtocol(asyncio.Protocol):
             method, path, query, version, headers, scheme, client, self.server, config.root_path
         )
         keep_alive = parser.should_keep_alive()
-        if parser.should_upgrade():
+        # llhttp flags an upgrade only for an Upgrade header or CONNECT: ask only then.
+        if (self._upgrade is not None or method == "CONNECT") and parser.should_upgrade():
             upgrade = self._upgrade
             websocket = self.state.websocket
             if (
@@ -344,7 +345,8 @@ class HttpProtocol(asyncio.Protocol):
         exchange = self.parsing
         if exchange is not None:
             self.parsing = None
-            exchange.finish()
+            if not exchange.body_complete:  # a request without a body finished at its head
+                exchange.finish()
             if exchange.finished and self.reading_paused and not self.closed:
                 # Its response went out before the body was read to its end.
                 self.update_reading()
