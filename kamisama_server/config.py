@@ -59,6 +59,7 @@ class ServeConfig:
     socket_mode: SocketMode = field(default_factory=default_socket_mode)
     keep_alive: float = 5.0
     header_timeout: float = 10.0
+    http_parser: Literal["auto", "httptools", "h11"] = "auto"
     limit_concurrency: int | None = None
     proxy_headers: bool = False
     forwarded_allow_ips: str = "127.0.0.1"
@@ -265,6 +266,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("header_timeout", ("--header-timeout",),
            "Seconds a client has to send a complete request head (else 408).",
            "10", _seconds(positive=True), metavar="SECONDS"),
+    Option("http_parser", ("--http-parser",),
+           "Request parser: `httptools`, `h11` (the pure-Python fallback), or `auto` "
+           "(httptools where it is installed).",
+           "auto", _choice(("auto", "httptools", "h11")), metavar="auto|httptools|h11"),
     Option("limit_concurrency", ("--limit-concurrency",),
            "Requests in flight per worker; more are answered 503.",
            "unlimited", _int(1), metavar="N"),
