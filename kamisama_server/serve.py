@@ -32,7 +32,6 @@ from kamisama_server.sockets import BindError, Listeners, bind_listeners
 from kamisama_server.supervisor import Supervisor, check_platform
 from kamisama_server.worker import log, ready
 
-EXIT_USAGE = 2
 EXIT_CANNOT_START = 3
 EXIT_CANNOT_BIND = 4
 

@@ -9,8 +9,8 @@ Two modes (see DESIGN.md):
 * ``reuseport``: each TCP bind spec gets one ``SO_REUSEPORT`` socket per worker
   slot; the kernel spreads connections over them. The master keeps them all, so
   a respawned worker inherits its slot's queue. Closing one resets the
-  connections still queued on it (Linux), so removing a slot is the caller's
-  careful decision (:meth:`Listeners.drop_slot`).
+  connections still queued on it (Linux), so a slot's sockets are never
+  closed while the server runs (SIGTTOU leaves them to the siblings).
 * ``shared``: one socket per bind spec, accepted on by every worker.
 
 Unix sockets, ``fd://N`` and systemd's sockets are always shared: they cannot
@@ -210,15 +210,6 @@ class Listeners:
             raise
         self.per_slot[slot] = made
         return self.sockets_for(slot)
-
-    def drop_slot(self, slot: int) -> None:
-        """Close a slot's own sockets (a worker removed by SIGTTOU).
-
-        On Linux, closing a ``SO_REUSEPORT`` socket resets the connections still
-        queued on it: let that slot's worker drain its queue first.
-        """
-        for listener in self.per_slot.pop(slot, []):
-            listener.sock.close()
 
     def all(self) -> list[Listener]:
         """Every listener, slot sockets first in slot order, then the shared ones."""
