@@ -116,11 +116,13 @@ async def _call(hook: Callable[..., Any], *args: Any) -> None:
 class ServerWorkers:
     """The ``run``/``shutdown`` pair handed to ``kamisama()``."""
 
-    def __init__(self, config: ServeConfig, listeners: Listeners, loaded: _Loaded | None) -> None:
+    def __init__(
+        self, config: ServeConfig, http: HttpConfig, listeners: Listeners, loaded: _Loaded | None
+    ) -> None:
         self.config = config
         self.listeners = listeners
         self.loaded = loaded
-        self.http = http_config(config)
+        self.http = http
         self.state = _WorkerState()
 
     async def run(self, wid: int) -> None:
@@ -245,7 +247,7 @@ def serve(config: ServeConfig) -> int:
             log(f"cannot start: {error}")
             return EXIT_CANNOT_START
     try:
-        http_config(config)  # a bad certificate is a startup error, found before binding
+        http = http_config(config)  # a bad certificate: a startup error, found before binding
     except (OSError, ssl.SSLError) as error:
         key = config.ssl_keyfile or config.ssl_certfile  # the key may sit in the cert file
         log(f"cannot start: TLS certificate {config.ssl_certfile} with key {key}: {error}")
@@ -257,7 +259,7 @@ def serve(config: ServeConfig) -> int:
     except BindError as error:
         log(f"cannot bind {error}")
         return EXIT_CANNOT_BIND
-    workers = ServerWorkers(config, listeners, loaded)
+    workers = ServerWorkers(config, http, listeners, loaded)
     scheme = "https" if config.ssl_certfile else "http"
 
     def announce() -> None:
