@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from kamisama_server import worker as worker_side
@@ -82,7 +82,7 @@ class _RollingRestart:
 
     queue: list[int]
     current: _Process | None = None
-    old_pids: list[int] = field(default_factory=list)
+    old_pid: int | None = None  # the worker ``current`` replaces
 
 
 class Supervisor:
@@ -446,9 +446,9 @@ class Supervisor:
                 return
             current.replacing = False
             deadline = time.monotonic() + self.options.timeout
-            for process in list(self.processes.values()):
-                if process.pid in rolling.old_pids:
-                    self._stop_process(process, _RESTART_NAME, deadline)
+            old = self.processes.get(rolling.old_pid or 0)
+            if old is not None:
+                self._stop_process(old, _RESTART_NAME, deadline)
             rolling.current = None
         while rolling.queue:
             wid = rolling.queue.pop(0)
@@ -462,7 +462,7 @@ class Supervisor:
                 continue
             fresh.replacing = True
             rolling.current = fresh
-            rolling.old_pids = [old.pid]
+            rolling.old_pid = old.pid
             return
         log("rolling restart done")
         self.rolling = None
