@@ -54,6 +54,7 @@ class ServeConfig:
     binds: tuple[str, ...] = (f"{DEFAULT_HOST}:{DEFAULT_PORT}",)
     workers: int = 1
     timeout: float = 10.0
+    request_timeout: float = 30.0
     threads: int = 1
     backlog: int = DEFAULT_BACKLOG
     socket_mode: SocketMode = field(default_factory=default_socket_mode)
@@ -250,8 +251,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("workers", ("-w", "--workers"), "Number of worker processes.",
            "`WEB_CONCURRENCY`, else the number of CPUs", _int(1), metavar="N"),
     Option("timeout", ("--timeout",),
-           "Graceful shutdown: seconds a worker gets to drain before it is killed.",
+           "Graceful shutdown: seconds a worker gets to drain before it is killed "
+           "(gunicorn's `--timeout` is our `--request-timeout`).",
            "10", _seconds(positive=False), metavar="SECONDS"),
+    Option("request_timeout", ("--request-timeout",),
+           "Hung-request watchdog: a WSGI app call, or one step of its response, running "
+           "longer than this is answered 503 (its connection closed if the head went out) "
+           "and its worker replaced; a worker whose event loop is stuck this long is "
+           "replaced too. 0 = off.",
+           "30", _seconds(positive=False), metavar="SECONDS"),
     Option("threads", ("--threads",), "Threads per worker running WSGI app calls.",
            "1", _int(1), metavar="N"),
     Option("backlog", ("--backlog",), "Listen queue length of each socket.",

@@ -78,6 +78,11 @@ class KamisamaOptions:
     """Called in the master with the signal's name when a graceful shutdown begins,
     before the workers are told (the server closes its listening sockets here)."""
 
+    heartbeat_timeout: float | None = None
+    """For an async ``run``: its event loop beats to the master; a ready worker
+    whose loop has not beaten for this many seconds (stuck in CPU-bound code) has
+    its stack dumped (``faulthandler``) and is replaced, its successor started first."""
+
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(KamisamaOptions))
 _OPTIONAL_CALLABLES = (
@@ -126,6 +131,8 @@ def resolve_options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> KamisamaOp
     _check_callables(given)
     given["workers"] = _resolve_workers(given.get("workers"))
     given["timeout"] = _check_timeout(given.get("timeout", 10.0))
+    if given.get("heartbeat_timeout") is not None:
+        given["heartbeat_timeout"] = _check_timeout(given["heartbeat_timeout"]) or None
     for flag in ("manual_ready", "fail_fast"):
         if flag in given and not isinstance(given[flag], bool):
             raise TypeError(f"{flag} must be a bool, not {type(given[flag]).__name__}")

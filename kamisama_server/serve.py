@@ -15,12 +15,14 @@ import os
 import socket
 import ssl
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from kamisama_server.config import ServeConfig
 from kamisama_server.http.asgi import AsgiAdapter
+from kamisama_server.http.balance import LoadBoard, Seat
 from kamisama_server.http.config import HttpConfig
 from kamisama_server.http.exchange import AppHandler
 from kamisama_server.http.lifespan import LifespanFailed
@@ -30,7 +32,7 @@ from kamisama_server.loader import LoadError, as_asgi3, detect_interface, load_a
 from kamisama_server.options import KamisamaOptions
 from kamisama_server.sockets import BindError, Listeners, bind_listeners
 from kamisama_server.supervisor import Supervisor, check_platform
-from kamisama_server.worker import log, ready
+from kamisama_server.worker import log, ready, request_replacement, worker_id
 
 EXIT_CANNOT_START = 3
 EXIT_CANNOT_BIND = 4
@@ -59,6 +61,9 @@ class _WorkerState:
     asgi: AsgiAdapter | None = None
     wsgi: WSGIAdapter | None = None
     stopping: bool = False
+    seat: Seat | None = None
+    replacing: bool = False  # the watchdog asked the master for a successor
+    last_sweep: float = 0.0
     serving: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -117,15 +122,28 @@ class ServerWorkers:
     """The ``run``/``shutdown`` pair handed to ``kamisama()``."""
 
     def __init__(
-        self, config: ServeConfig, http: HttpConfig, listeners: Listeners, loaded: _Loaded | None
+        self,
+        config: ServeConfig,
+        http: HttpConfig,
+        listeners: Listeners,
+        loaded: _Loaded | None,
+        board: LoadBoard | None = None,
     ) -> None:
         self.config = config
         self.listeners = listeners
         self.loaded = loaded
         self.http = http
+        self.board = board
         self.state = _WorkerState()
 
-    async def run(self, wid: int) -> None:
+    def run(self, wid: int) -> Coroutine[Any, Any, None]:
+        """In the fresh worker, before any event loop runs: import the app, run ``--run``.
+
+        Apps and frameworks expect to be imported where no loop runs (Django's
+        ORM refuses to run under one), as every WSGI server does. The serving
+        itself is the returned coroutine, which the supervisor runs on the
+        worker's loop.
+        """
         mine = self.listeners.sockets_for(wid)
         for listener in self.listeners.all():
             if listener.sock not in mine:
@@ -133,23 +151,65 @@ class ServerWorkers:
                 # a slot's last holder must be its own worker, or a removed slot's
                 # queue would be reset by some sibling's late close.
                 listener.sock.close()
+        pending: Awaitable[Any] | None = None
         try:
             loaded = self.loaded = self.loaded or load(self.config)
-            handler = self.state.handler = await self._make_handler(loaded)
             if loaded.run_hook is not None:
-                await _call(loaded.run_hook, wid)
-        except (StartupFailed, LifespanFailed) as error:
+                result = loaded.run_hook(wid)
+                if inspect.isawaitable(result):
+                    pending = result  # an async hook: awaited on the loop
+        except StartupFailed as error:
             log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
             raise SystemExit(EXIT_CANNOT_START) from None
-        server = self.state.server = self._new_server(handler)
+        return self._serve(wid, loaded, mine, pending)
+
+    async def _serve(
+        self,
+        wid: int,
+        loaded: _Loaded,
+        mine: list[socket.socket],
+        pending: Awaitable[Any] | None,
+    ) -> None:
+        try:
+            if pending is not None:
+                await pending
+            handler = self.state.handler = await self._make_handler(loaded)
+        except LifespanFailed as error:
+            log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
+            raise SystemExit(EXIT_CANNOT_START) from None
+        seat = self.state.seat = self.board.claim(wid) if self.board is not None else None
+        server = self.state.server = self._new_server(handler, seat=seat, on_tick=self._on_tick)
         await server.start(mine)
         self.state.serving.set()
         ready()
         await self.state.stopped.wait()
 
-    def _new_server(self, handler: AppHandler) -> HttpServer:
+    def _new_server(
+        self,
+        handler: AppHandler,
+        seat: Seat | None = None,
+        on_tick: Callable[[float], None] | None = None,
+    ) -> HttpServer:
         websocket = self.state.asgi.websocket if self.state.asgi else None
-        return HttpServer(handler, self.http, websocket=websocket)
+        return HttpServer(handler, self.http, websocket=websocket, seat=seat, on_tick=on_tick)
+
+    def _on_tick(self, now: float) -> None:
+        """The main server's ticker (a few times a second): watchdog and board upkeep."""
+        state = self.state
+        limit = self.config.request_timeout
+        if state.wsgi is not None and limit > 0:
+            state.wsgi.check_stuck(time.monotonic(), limit, self._stuck)
+        if state.seat is not None and now - state.last_sweep >= 1.0:
+            state.last_sweep = now
+            state.seat.board.sweep()
+
+    def _stuck(self, report: str) -> None:
+        """A WSGI call ran over --request-timeout: say so, and get a successor (once)."""
+        who = f"worker {worker_id()} (pid {os.getpid()})"
+        log(f"{who}: {report}")
+        if not self.state.replacing:
+            self.state.replacing = True
+            request_replacement("a request ran over --request-timeout")
 
     def lend_fds(self, wid: int) -> list[int]:
         """In the master: the slot's own sockets, lent to siblings while it is down."""
@@ -259,7 +319,8 @@ def serve(config: ServeConfig) -> int:
     except BindError as error:
         log(f"cannot bind {error}")
         return EXIT_CANNOT_BIND
-    workers = ServerWorkers(config, http, listeners, loaded)
+    board = LoadBoard() if config.socket_mode == "shared" else None
+    workers = ServerWorkers(config, http, listeners, loaded, board)
     scheme = "https" if config.ssl_certfile else "http"
 
     def announce() -> None:
@@ -281,6 +342,7 @@ def serve(config: ServeConfig) -> int:
         on_stop_requested=workers.stop_requested,
         on_shutdown=lambda _signal: listeners.close(),
         loop_factory=_loop_factory(),
+        heartbeat_timeout=config.request_timeout or None,
     )
     supervisor = Supervisor(options)
     try:

@@ -74,6 +74,8 @@ class _Process:
     killed: bool = False
     replacing: bool = False  # a rolling restart's new worker, not ready yet
     inbox: bytes = b""
+    last_beat: float | None = None  # its event loop's last heartbeat (heartbeat_timeout)
+    being_replaced: bool = False  # asked for, or given, a successor
 
 
 @dataclass
@@ -122,6 +124,7 @@ class Supervisor:
                     return self.status
                 self._respawn_due()
                 self._enforce_deadlines()
+                self._check_heartbeats()
                 self._advance_rolling_restart()
                 self._wait(self._next_wakeup())
         finally:
@@ -161,7 +164,11 @@ class Supervisor:
         process.inbox += data
         while b"\n" in process.inbox:
             line, process.inbox = process.inbox.split(b"\n", 1)
-            if line == b"ready" and not process.ready:
+            if line == b"beat":
+                process.last_beat = time.monotonic()
+            elif line.startswith(b"replace "):
+                self._replace(process, line[8:].decode("utf-8", "replace"))
+            elif line == b"ready" and not process.ready:
                 process.ready = True
                 if process.wid in self.down and not process.stopping:
                     self.down.discard(process.wid)
@@ -405,6 +412,40 @@ class Supervisor:
             if process.wid == wid and not process.stopping and not process.replacing:
                 return process
         return None
+
+    # ---- stuck workers --------------------------------------------------------------
+
+    def _check_heartbeats(self) -> None:
+        """A ready worker whose event loop stopped beating: dump its stack, replace it."""
+        limit = self.options.heartbeat_timeout
+        if not limit or self.stopping:
+            return
+        now = time.monotonic()
+        for process in list(self.processes.values()):
+            beat = process.last_beat
+            if beat is None or process.stopping or process.being_replaced:
+                continue
+            if now - beat > limit:
+                who = f"worker {process.wid} (pid {process.pid})"
+                log(
+                    f"{who}: no heartbeat for {now - beat:.1f}s (its event loop is stuck); "
+                    "its threads' stacks follow"
+                )
+                if worker_side.STACK_SIGNAL is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, worker_side.STACK_SIGNAL)
+                self._replace(process, "its event loop is stuck")
+
+    def _replace(self, process: _Process, reason: str) -> None:
+        """Give ``process`` a successor (started first), then drain it: a one-slot restart."""
+        if process.being_replaced or process.stopping or self.stopping:
+            return
+        process.being_replaced = True
+        log(f"worker {process.wid} (pid {process.pid}) is replaced: {reason}")
+        if self.rolling is None:
+            self.rolling = _RollingRestart(queue=[process.wid])
+        elif process.wid not in self.rolling.queue:
+            self.rolling.queue.append(process.wid)
 
     # ---- scaling and rolling restart -------------------------------------------
 

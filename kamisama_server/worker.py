@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import inspect
 import os
 import selectors
@@ -71,6 +72,25 @@ def ready() -> None:
         _ready_sent = True
         with contextlib.suppress(OSError):
             _channel.sendall(b"ready\n")
+
+
+def request_replacement(reason: str) -> None:
+    """Ask the master to replace this worker: a successor starts, then this one drains.
+
+    For a worker that can no longer serve well (a thread stuck in app code);
+    the master logs ``reason``. Idempotent per worker from the master's side.
+    """
+    if _channel is None:
+        return
+    line = "replace " + reason.replace("\n", " ")[:200]
+    with contextlib.suppress(OSError):
+        _channel.sendall(line.encode("utf-8", "replace") + b"\n")
+
+
+STACK_SIGNAL = getattr(signal, "SIGURG", None)
+"""The master sends it to a worker whose loop stopped beating: ``faulthandler``
+then writes every thread's stack to stderr, even while Python code is stuck.
+(SIGURG: ignored by default, and nobody sends it to a process group.)"""
 
 
 def log(message: str) -> None:
@@ -178,6 +198,8 @@ class Worker:
                 loop.call_soon(self._start_sibling_task, wid, state, fds)
             self.pending_siblings.clear()
         run_task: asyncio.Future[Any] = asyncio.ensure_future(make_coro())
+        if self.options.heartbeat_timeout:
+            self._beat(loop, min(1.0, self.options.heartbeat_timeout / 4))
         await asyncio.wait({run_task, stop_future}, return_when=asyncio.FIRST_COMPLETED)
         if run_task.done() and not stop_future.done():
             run_task.result()  # a crash in run: re-raise it, the worker exits 1
@@ -188,6 +210,19 @@ class Worker:
         with contextlib.suppress(BaseException):
             await run_task
         return code
+
+    def _beat(self, loop: asyncio.AbstractEventLoop, every: float) -> None:
+        """Tell the master this loop still turns; a stuck loop stops beating."""
+        if STACK_SIGNAL is not None:
+            faulthandler.register(STACK_SIGNAL, all_threads=True, chain=False)
+        channel = self.channel
+
+        def beat() -> None:
+            with contextlib.suppress(OSError):
+                channel.sendall(b"beat\n")
+            loop.call_later(every, beat)
+
+        beat()
 
     async def _call_hook_async(self, name: str) -> int:
         hook = self.options.shutdown

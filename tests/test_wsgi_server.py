@@ -1,13 +1,14 @@
 """The WSGI adapter end to end: a real engine on 127.0.0.1, real clients (httpx, raw sockets).
 
-Most tests run twice: with ``threads=1`` (app calls inline on the loop's thread
-where possible) and ``threads=4`` (every call in the pool), the two paths a
-request can take through the adapter.
+Most tests run twice: with ``threads=1`` (the default: one app thread, so
+calls queue for it) and ``threads=4`` (calls overlap).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ from wsgiref.validate import validator
 import httpx
 import pytest
 from http_support import Reader, connect
+from processes import wait_until
 
 from kamisama_server.http.background import BackgroundServer
 from kamisama_server.http.config import HttpConfig
@@ -225,8 +227,7 @@ def serve_file(environ: Environ, start_response: StartResponse) -> Iterable[byte
 
 @pytest.fixture(scope="module", params=[1, 4], ids=["threads1", "threads4"])
 def server(request: pytest.FixtureRequest) -> Iterator[BackgroundServer]:
-    # Not adaptive: the threads1 runs must stay inline however slow the test routes are.
-    adapter = WSGIAdapter(app, threads=request.param, adaptive=False)
+    adapter = WSGIAdapter(app, threads=request.param)
     config = HttpConfig(limit_request_body=1_000_000, access_log=False)
     with BackgroundServer(adapter, config) as srv:
         yield srv
@@ -289,42 +290,46 @@ def test_pipelined_in_one_packet_and_nothing_after_a_close(server: BackgroundSer
         assert f"after-close-{i}" not in seen, "the app never sees a request after a close"
 
 
-def _busy(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+def test_call_iteration_and_close_run_on_one_app_thread_with_no_loop() -> None:
+    """PEP 3333 apps (Django, asgiref, thread-locals, ContextVars) need one plain thread."""
+    seen: list[tuple[str, int, bool, str]] = []
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="unset")
 
+    def has_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
 
-@pytest.mark.parametrize(
-    ("app_time", "calls", "moves"),
-    [
-        (0.0, 400, False),  # fast: inline (more calls than the adapter's _DECIDE_AFTER)
-        (0.0002, 400, True),  # slow on average: moves once the first 256 are timed
-        (0.002, 20, True),  # blocking: moves after 8 such calls
-    ],
-)
-def test_a_slow_app_moves_to_the_thread_a_fast_one_stays_inline(
-    app_time: float, calls: int, moves: bool
-) -> None:
-    threads_seen: set[str] = set()
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            for part in (b"a", b"b"):
+                seen.append(("next", threading.get_ident(), has_loop(), var.get()))
+                yield part
 
-    def timed_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
-        _busy(app_time)
-        threads_seen.add(threading.current_thread().name)
-        assert environ["wsgi.multithread"] is False
-        return text(start_response, b"ok")
+        def close(self) -> None:
+            seen.append(("close", threading.get_ident(), has_loop(), var.get()))
 
-    adapter = WSGIAdapter(timed_app, threads=1)
+    def streaming_app(environ: Environ, start_response: StartResponse) -> Body:
+        var.set(environ["QUERY_STRING"])
+        seen.append(("call", threading.get_ident(), has_loop(), var.get()))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body()
+
+    adapter = WSGIAdapter(streaming_app, threads=1)
     with BackgroundServer(adapter, HttpConfig(access_log=False)) as srv:
-        assert adapter.inline
-        with connect(srv.port) as sock:
-            reader = Reader(sock)
-            for _ in range(calls // 10):  # pipelined, 10 at a time
-                sock.sendall(b"GET /t HTTP/1.1\r\nHost: t\r\n\r\n" * 10)
-                assert all(reader.response().body == b"ok" for _ in range(10))
-        assert adapter.inline is not moves
+        with httpx.Client(base_url=srv.url) as client:
+            for i in range(3):
+                seen.clear()
+                assert client.get(f"/s?r{i}").text == "ab"
+                wait_until(lambda: len(seen) == 4, 5.0, "close()")
+                assert [step for step, *_ in seen] == ["call", "next", "next", "close"]
+                assert len({tid for _, tid, _, _ in seen}) == 1
+                assert threading.get_ident() not in {tid for _, tid, _, _ in seen}
+                assert not any(loop for _, _, loop, _ in seen)
+                assert {value for *_, value in seen} == {f"r{i}"}
     adapter.close()
-    assert (len(threads_seen) == 2) is moves  # the loop's thread, then the pool's
 
 
 def test_one_content_length_header(server: BackgroundServer) -> None:
@@ -402,15 +407,12 @@ def test_generator_with_length(client: httpx.Client) -> None:
 
 
 def test_write_callable() -> None:
-    # Its own server: an app that calls write() stops running inline.
     adapter = WSGIAdapter(app, threads=1)
-    assert adapter.inline
     with BackgroundServer(adapter) as srv, httpx.Client(base_url=srv.url) as client:
         for i in range(2):
             r = client.get("/write", params={"token": f"write{i}"})
             assert r.text == "one;two;three"
             wait_for(closed_event(f"write{i}"), "close()")
-        assert not adapter.inline
         assert client.get("/hello").text == "Hello, world!"
     adapter.close()
 

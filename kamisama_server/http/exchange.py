@@ -140,6 +140,18 @@ class Exchange(abc.ABC):
     def abort(self) -> None:
         """Close the connection now: an error after the head was sent."""
 
+    def respond_error(self, status: int, reason: str = "") -> None:
+        """Answer a plain error and close; only before any of the response went out."""
+        raise NotImplementedError
+
+    def handler_done(self, error: BaseException | None) -> None:
+        """For an exchange ``serve_now`` took (``DEFERRED``): the adapter is done with it.
+
+        Called once, on the loop, after ``end()``/``abort()`` (or with the
+        error the handler raised, which the engine answers as for a handler task).
+        """
+        raise NotImplementedError
+
 
 AppHandler = Callable[[Exchange], Coroutine[Any, Any, None]]
 """What an adapter gives the engine: serve one exchange, then return.
@@ -148,13 +160,27 @@ The engine guarantees ``end()`` or ``abort()`` happened when the handler
 returns (it sends 500 itself if the handler raised before ``send_head``).
 """
 
-ServeNow = Callable[[Exchange], Coroutine[Any, Any, None] | None]
+
+class Deferred:
+    """The type of ``DEFERRED``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+DEFERRED = Deferred()
+"""What ``serve_now`` returns when it took the exchange and will call ``handler_done``."""
+
+ServeNow = Callable[[Exchange], "Coroutine[Any, Any, None] | Deferred | None"]
 """Optional, as an adapter's ``serve_now`` attribute: serve without a task.
 
 For an exchange whose request body is already complete the engine calls
 ``adapter.serve_now(exchange)`` instead of the ``AppHandler``, on the loop,
-inside the parser's callback. It returns None once the exchange is answered,
-or a coroutine that finishes it (the engine runs that as the handler's task).
-It must never block: only adapters whose app call cannot wait for I/O (a WSGI
-app running inline) offer it. Raising is handled as for ``AppHandler``.
+inside the parser's callback. It must never block. It returns None once the
+exchange is answered, a coroutine that finishes it (the engine runs that as
+the handler's task), or ``DEFERRED``: the adapter handed the work elsewhere
+(the WSGI adapter: to an app thread) and calls ``exchange.handler_done()`` on
+the loop once it has answered. Raising is handled as for ``AppHandler``.
 """

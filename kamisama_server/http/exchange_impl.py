@@ -444,6 +444,9 @@ class HttpExchange(Exchange):
             proto.write(proto.state.error_response(status, reason))
         self._complete()
 
+    def handler_done(self, error: BaseException | None) -> None:
+        self._proto.deferred_done(self, error)
+
     def _complete(self) -> None:
         self._finished = True
         self._wake_disconnect()

@@ -21,7 +21,14 @@ from typing import Any, cast
 
 # httptools' names, and its parser or the h11 one as HttpConfig.parser says (see parser_choice).
 from . import parser_choice as httptools
-from .exchange import ClientDisconnected, RequestBodyError, RequestBodyTooLarge, RequestHead
+from .exchange import (
+    DEFERRED,
+    ClientDisconnected,
+    Deferred,
+    RequestBodyError,
+    RequestBodyTooLarge,
+    RequestHead,
+)
 from .exchange_impl import HttpExchange
 from .state import EngineState, access_log, error_log
 
@@ -115,7 +122,10 @@ class HttpProtocol(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, so cast, not check.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
-        self.state.connections.add(self)
+        state = self.state
+        state.connections.add(self)
+        if state.load_changed is not None:
+            state.load_changed()
         self.client = _address(transport.get_extra_info("peername"))
         self.server = _address(transport.get_extra_info("sockname"))
         if self.state.draining:
@@ -128,6 +138,8 @@ class HttpProtocol(asyncio.Protocol):
         self.timer = _NO_TIMER
         state = self.state
         state.connections.discard(self)
+        if state.load_changed is not None:
+            state.load_changed()
         for waiter in self._write_waiters:
             if not waiter.done():
                 waiter.set_exception(ClientDisconnected("client disconnected"))
@@ -362,19 +374,24 @@ class HttpProtocol(asyncio.Protocol):
             return
         serve_now = state.serve_now
         if serve_now is not None and exchange.body_complete:
-            # The handler may answer right here, without a task (WSGI inline).
+            # The handler may take it from here without a task (see exchange.ServeNow).
             try:
                 rest = serve_now(exchange)
             except Exception as exc:
                 self._handler_failed(exchange, exc)
                 return
+            if rest is DEFERRED:
+                state.deferred += 1
+                state.request_started()
+                return
             if rest is None:
                 if not exchange.finished:
                     self._handler_returned(exchange)
                 return
+            assert not isinstance(rest, Deferred)
         else:
             rest = state.handler(exchange)
-        state.inflight += 1
+        state.request_started()
         # The task runs the handler itself; _task_done checks the outcome (no wrapper coroutine).
         task = self.loop.create_task(rest)
         self._handling[task] = exchange
@@ -384,22 +401,33 @@ class HttpProtocol(asyncio.Protocol):
     def _task_done(self, task: asyncio.Task[None]) -> None:
         """The handler's task ended: make sure a response (or a close) follows."""
         state = self.state
-        state.inflight -= 1
         state.tasks.discard(task)
         exchange = self._handling.pop(task)
+        state.request_ended()
         if task.cancelled():
             exchange.abort()
         else:
-            exc = task.exception()
-            if exc is None:
-                if not exchange.finished:
-                    self._handler_returned(exchange)
-            elif isinstance(exc, Exception):
-                self._handler_failed(exchange, exc)
-            else:  # KeyboardInterrupt, SystemExit: not ours to swallow
-                exchange.abort()
-                raise exc
+            self._handler_outcome(exchange, task.exception())
         state.check_idle()
+
+    def deferred_done(self, exchange: HttpExchange, error: BaseException | None) -> None:
+        """The adapter finished an exchange ``serve_now`` took (``DEFERRED``)."""
+        state = self.state
+        state.deferred -= 1
+        state.request_ended()
+        self._handler_outcome(exchange, error)
+        state.check_idle()
+
+    def _handler_outcome(self, exchange: HttpExchange, exc: BaseException | None) -> None:
+        """The handler ended: make sure a response (or a close) follows."""
+        if exc is None:
+            if not exchange.finished:
+                self._handler_returned(exchange)
+        elif isinstance(exc, Exception):
+            self._handler_failed(exchange, exc)
+        else:  # KeyboardInterrupt, SystemExit: not ours to swallow
+            exchange.abort()
+            raise exc
 
     def _handler_failed(self, exchange: HttpExchange, exc: Exception) -> None:
         """The handler raised: answer the error, or close if the head went out."""

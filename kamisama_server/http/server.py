@@ -7,6 +7,16 @@ We accept ourselves (a reader callback per listening socket) rather than via
 ``loop.create_server``: closing an asyncio ``Server`` drops connections it had
 accepted but not yet attached, and drain must lose none. Stopping is then just
 ``remove_reader``, after which we ``accept()`` what the kernel still holds.
+
+A worker takes a connection off the shared queue only when it should serve it:
+- capacity: a handler with a ``capacity`` (the WSGI adapter: its free app
+  threads) caps the requests in flight; at the cap the worker stops accepting,
+  so the kernel's queue hands new connections to an idle sibling. Idle
+  keep-alive connections cost no thread and do not count.
+- share: with a ``Seat`` on the ``LoadBoard``, a worker holding more than its
+  share of the accepting workers' connections leaves new ones to them, and
+  looks again shortly; if nobody took them within ``_SHARE_GRACE`` (the
+  others are busy), it takes them after all.
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ import contextlib
 import errno
 import socket
 import time
+from collections.abc import Callable
 
+from .balance import Seat
 from .config import HttpConfig
 from .exchange import AppHandler
 from .protocol import HttpProtocol
@@ -25,6 +37,14 @@ from .state import EngineState, WebSocketSupport, error_log
 _MAX_BACKLOG_ACCEPT = 65536  # bound on the accept-what-is-queued loop of drain()
 _ACCEPT_BATCH = 64  # connections accepted per readable event before yielding to the loop
 _ACCEPT_PAUSE = 0.5  # out of file descriptors: stop accepting this long
+_SHARE_SLACK = 1  # connections a worker may hold over the mean before it defers
+_SHARE_RECHECK = 0.002  # seconds between looks at the queue while over its share
+_SHARE_GRACE = 0.03  # over its share this long with the queue still full: take them
+_FULL_RECHECK = 0.02  # with --limit-concurrency: looks at the queue while at capacity...
+_FULL_GRACE = 0.1  # ...and takes what nobody took within this (to answer it, or 503)
+
+# Why accepting is paused (None: it is not).
+_FULL, _OVER_SHARE, _NO_FDS = "full", "over share", "out of descriptors"
 
 
 class HttpServer:
@@ -36,11 +56,25 @@ class HttpServer:
         config: HttpConfig | None = None,
         *,
         websocket: WebSocketSupport | None = None,
+        seat: Seat | None = None,
+        on_tick: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config or HttpConfig()
-        self.state = EngineState(handler, self.config, websocket)
+        state = self.state = EngineState(handler, self.config, websocket)
         self._sockets: list[socket.socket] = []
-        self._accepting = False
+        self._accepting = False  # the readers are registered
+        self._paused: str | None = None  # why accepting stopped while serving
+        self._serving = False  # between start() and drain(): we want connections
+        self._seat = seat
+        self._over_since = 0.0  # when this spell of deferring to siblings began
+        self._over_seen = 0.0  # the last time we deferred
+        self._on_tick_hook = on_tick
+        self._capacity: Callable[[], int] | None = None
+        if hasattr(handler, "capacity"):
+            self._capacity = lambda: handler.capacity
+            state.load_changed = self._load_changed
+        elif seat is not None:
+            state.load_changed = self._publish
         self._adopting: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.TimerHandle | None = None
         self._second = 0
@@ -76,10 +110,12 @@ class HttpServer:
         self.state.loop = loop
         self._schedule_tick()
         self._accepting = True
+        self._serving = True
         for sock in sockets:
             sock.setblocking(False)
             self._sockets.append(sock)
             loop.add_reader(sock.fileno(), self._on_readable, sock)
+        self._publish()
 
     def mark_draining(self) -> None:
         """Answer from now on with ``connection: close``; safe from any thread.
@@ -106,6 +142,9 @@ class HttpServer:
         self._drained = True
         state = self.state
         state.draining = True
+        self._serving = False
+        if self._seat is not None:
+            self._seat.release()
         self._stop_accepting()
         for sock in self._sockets:
             self._accept(sock, _MAX_BACKLOG_ACCEPT)
@@ -134,18 +173,21 @@ class HttpServer:
     # Accepting --------------------------------------------------------------
 
     def _on_readable(self, sock: socket.socket) -> None:
-        self._accept(sock, _ACCEPT_BATCH)
+        self._accept(sock, _ACCEPT_BATCH, gated=True)
 
-    def _accept(self, sock: socket.socket, limit: int) -> None:
+    def _accept(self, sock: socket.socket, limit: int, gated: bool = False) -> None:
         for _ in range(limit):
+            if gated and not self._may_accept():
+                return
             try:
                 conn, _addr = sock.accept()
             except (BlockingIOError, InterruptedError):
+                self._over_seen = 0.0  # the queue is empty: any spell of deferring is over
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     error_log.error("accept failed (%s); pausing for %.1fs", exc, _ACCEPT_PAUSE)
-                    self._pause_accepting()
+                    self._pause(_NO_FDS, _ACCEPT_PAUSE)
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     error_log.warning("accept failed: %s", exc)
                 return
@@ -153,6 +195,55 @@ class HttpServer:
             task = asyncio.ensure_future(self._adopt(conn))
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
+
+    def _may_accept(self) -> bool:
+        """Should this worker take the next queued connection now? (Else it pauses.)"""
+        state = self.state
+        capacity = self._capacity
+        if capacity is not None and state.inflight >= capacity():
+            if self.config.limit_concurrency is None:
+                self._pause(_FULL)  # until a request ends
+                return False
+            # A limit asks for a quick 503 rather than a wait in the queue: once no
+            # sibling took the queued connections for a while, take them and answer.
+            return self._defer(_FULL, _FULL_RECHECK, _FULL_GRACE)
+        seat = self._seat
+        if seat is None:
+            return True
+        held = len(state.connections) + len(self._adopting)
+        if seat.within_share(held, _SHARE_SLACK):
+            return True
+        return self._defer(_OVER_SHARE, _SHARE_RECHECK, _SHARE_GRACE)
+
+    def _defer(self, why: str, recheck: float, grace: float) -> bool:
+        """Leave the queue to the siblings for now; True once it stayed full ``grace`` s."""
+        loop = self.state.loop
+        assert loop is not None
+        now = loop.time()
+        if now - self._over_seen > 2 * recheck + 0.01:
+            self._over_since = now  # a new spell of deferring
+        self._over_seen = now
+        if now - self._over_since >= grace:
+            return True  # the queue stayed full: the others are not taking them
+        self._pause(why, recheck)
+        return False
+
+    def _has_room(self) -> bool:
+        capacity = self._capacity
+        return capacity is None or self.state.inflight < capacity()
+
+    def _load_changed(self) -> None:
+        """Requests in flight or connections changed: publish; resume if room again."""
+        if self._paused == _FULL and self._has_room():
+            self._resume_accepting()
+        self._publish()
+
+    def _publish(self) -> None:
+        seat = self._seat
+        if seat is not None:
+            state = self.state
+            accepting = self._serving and self._paused != _FULL and self._has_room()
+            seat.publish(len(state.connections), accepting)
 
     async def _adopt(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -196,16 +287,20 @@ class HttpServer:
         for sock in self._sockets:
             loop.remove_reader(sock.fileno())
 
-    def _pause_accepting(self) -> None:
-        loop = self.state.loop
-        assert loop is not None
+    def _pause(self, why: str, seconds: float | None = None) -> None:
+        """Stop taking connections: for ``seconds``, or until ``_resume_accepting``."""
         self._stop_accepting()
-        loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
+        self._paused = why
+        if seconds is not None:
+            loop = self.state.loop
+            assert loop is not None
+            loop.call_later(seconds, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
+        self._paused = None
         loop = self.state.loop
         assert loop is not None
-        if self._accepting or self.state.draining:
+        if self._accepting or not self._serving:
             return
         self._accepting = True
         for sock in self._sockets:
@@ -240,4 +335,8 @@ class HttpServer:
         for conn in list(state.connections):
             with contextlib.suppress(Exception):
                 conn.check_timer(now)
+        if self._paused == _FULL and self._has_room():
+            self._resume_accepting()  # a backstop: room is normally noticed at once
+        if self._on_tick_hook is not None:
+            self._on_tick_hook(now)
         self._schedule_tick()

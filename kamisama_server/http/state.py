@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Protocol
 
@@ -62,7 +63,10 @@ class EngineState:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.inflight = 0
+        self.inflight = 0  # requests whose handler runs (or waits for an app thread)
+        self.deferred = 0  # of them, those an adapter took without a task (DEFERRED)
+        # Set by the server: called when connections or requests in flight change.
+        self.load_changed: Callable[[], None] | None = None
         self.total_requests = 0
         self.draining = False
         self.proxies = TrustedProxies(config.forwarded_allow_ips) if config.proxy_headers else None
@@ -105,6 +109,18 @@ class EngineState:
         return self._idle
 
     def check_idle(self) -> None:
-        """Wake ``drain()`` once no connection and no handler task is left."""
-        if self._idle is not None and not self.connections and not self.tasks:
+        """Wake ``drain()`` once no connection and no handler is left."""
+        if self._idle is not None and not self.connections and not self.tasks and not self.deferred:
             self._idle.set()
+
+    # Requests in flight ------------------------------------------------
+
+    def request_started(self) -> None:
+        self.inflight += 1
+        if self.load_changed is not None:
+            self.load_changed()
+
+    def request_ended(self) -> None:
+        self.inflight -= 1
+        if self.load_changed is not None:
+            self.load_changed()

@@ -1,0 +1,117 @@
+"""How busy each worker is, in memory every worker shares: so a burst is split fairly.
+
+On a shared listening socket the first worker the kernel wakes can take every
+connection queued at that moment: a burst of keep-alive connections (a load
+balancer's or a client pool's) then lands mostly on one worker and stays there
+for the life of those connections. So before each ``accept()`` a worker looks
+at the board: if it already holds more than its share of the connections of
+the workers that are accepting now, it leaves the connection to them.
+
+The board is an anonymous shared ``mmap`` made in the master before any fork,
+so every worker, respawned or added later, sees the same memory. Each worker
+writes only its own seat (no locks: one aligned 8-byte store per figure), and
+readers add up the others' seats. Each slot id owns a few seats, because
+during a rolling restart or a SIGTTOU the old worker of a slot still drains
+while its successor serves; a seat whose process is gone is taken over.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+_FIELDS = 3  # pid, accepting (0/1), open connections
+_PID, _ACCEPTING, _CONNECTIONS = range(_FIELDS)
+SEATS_PER_SLOT = 4
+MAX_SLOTS = 1024
+"""Slots above this take no seat: they accept as if alone (never refused)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LoadBoard:
+    """The shared figures: one seat per worker process (pid, accepting, connections)."""
+
+    def __init__(self, slots: int = MAX_SLOTS) -> None:
+        self.seats = slots * SEATS_PER_SLOT
+        # Word 0: how many seats were ever used (readers look no further).
+        self._memory = mmap.mmap(-1, (1 + self.seats * _FIELDS) * 8)
+        self._words = memoryview(self._memory).cast("q")
+
+    def claim(self, slot: int) -> Seat | None:
+        """In a worker: take a free seat of ``slot`` (one whose process is gone)."""
+        if not 1 <= slot <= self.seats // SEATS_PER_SLOT:
+            return None
+        words = self._words
+        first = (slot - 1) * SEATS_PER_SLOT
+        for index in range(first, first + SEATS_PER_SLOT):
+            base = 1 + index * _FIELDS
+            pid = words[base + _PID]
+            if pid == 0 or not _alive(pid):
+                words[base + _ACCEPTING] = 0
+                words[base + _CONNECTIONS] = 0
+                words[base + _PID] = os.getpid()
+                if words[0] < index + 1:
+                    words[0] = index + 1
+                return Seat(self, base)
+        return None
+
+    def others(self, own: int) -> tuple[int, int]:
+        """(workers accepting now, their open connections), not counting seat ``own``."""
+        used = self._words[0]
+        figures = self._words[1 : 1 + used * _FIELDS].tolist()
+        workers = connections = 0
+        for base in range(0, used * _FIELDS, _FIELDS):
+            if figures[base + _ACCEPTING] and base + 1 != own and figures[base + _PID]:
+                workers += 1
+                connections += figures[base + _CONNECTIONS]
+        return workers, connections
+
+    def sweep(self) -> None:
+        """Stop counting seats of processes that died without a word (SIGKILL)."""
+        words = self._words
+        for index in range(words[0]):
+            base = 1 + index * _FIELDS
+            pid = words[base + _PID]
+            if pid and words[base + _ACCEPTING] and not _alive(pid):
+                words[base + _ACCEPTING] = 0
+
+
+class Seat:
+    """One worker's figures on the board; only that worker writes them."""
+
+    __slots__ = ("_base", "_words", "board")
+
+    def __init__(self, board: LoadBoard, base: int) -> None:
+        self.board = board
+        self._base = base
+        self._words = board._words
+
+    def publish(self, connections: int, accepting: bool) -> None:
+        words, base = self._words, self._base
+        words[base + _CONNECTIONS] = connections
+        words[base + _ACCEPTING] = 1 if accepting else 0
+
+    def within_share(self, connections: int, slack: int) -> bool:
+        """May a worker holding ``connections`` take one more?
+
+        Yes while it holds no more than the mean of the accepting workers
+        (itself included) plus ``slack``: the slack keeps a lone connection from
+        waiting for a sibling to wake, the mean keeps a burst spread.
+        """
+        workers, others = self.board.others(self._base)
+        if workers == 0:
+            return True
+        return connections * (workers + 1) <= others + connections + slack * (workers + 1)
+
+    def release(self) -> None:
+        """The worker stops accepting for good (drain): its figures count no more."""
+        self._words[self._base + _ACCEPTING] = 0
