@@ -87,6 +87,7 @@ class WSGIAdapter:
         self._outbox_lock = threading.Lock()
         self._outbox_wake = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._batch: list[WsgiCall] = []  # calls of this loop iteration (one thread)
 
     @property
     def capacity(self) -> int:
@@ -138,9 +139,19 @@ class WSGIAdapter:
 
     def _submit(self, call: WsgiCall) -> None:
         self.running.add(call)
-        # A fresh context per call: ContextVars set by one request never leak into
-        # the next one on the same thread, and they last for the whole call.
-        self._pool.submit(lambda: contextvars.Context().run(call.run))
+        if self.threads > 1:
+            self._pool.submit(lambda: _run(call))
+            return
+        # One app thread: hand the calls of one loop iteration over together, so
+        # the thread and the loop trade the GIL once per batch, not per request.
+        batch = self._batch
+        batch.append(call)
+        if len(batch) == 1:
+            call.loop.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        batch, self._batch = self._batch, []
+        self._pool.submit(lambda: _run_all(batch))
 
     def post(self, call: WsgiCall) -> None:
         """From a thread: ``call`` finished (or began to stream); wake the loop once."""
@@ -243,6 +254,17 @@ class WSGIAdapter:
             exchange.abort()
         if call.deferred and not pumping:
             self._finish(call, None)
+
+
+def _run(call: WsgiCall) -> None:
+    # A fresh context per call: ContextVars set by one request never leak into
+    # the next one on the same thread, and they last for the whole call.
+    contextvars.Context().run(call.run)
+
+
+def _run_all(calls: list[WsgiCall]) -> None:
+    for call in calls:
+        contextvars.Context().run(call.run)
 
 
 async def _make_input(
