@@ -1,11 +1,13 @@
 """bjoern with N pre-forked workers, for the benchmark (bjoern has no pre-fork of its own).
 
-    python bjoern_prefork.py MODULE:APP --workers 2 --port 8000 [--host 127.0.0.1]
+    python bjoern_prefork.py MODULE:APP --workers 2 --port 8000 [--socket reuseport|shared]
 
-The master binds one listening socket, forks the workers, and each imports the app itself
-(after the fork, like gunicorn without --preload) and runs bjoern's loop on that shared
-socket. SIGTERM or SIGINT to the master kills the workers; a worker that dies ends the run
-(no respawn: a benchmark wants to see it, not hide it).
+The master binds the listening sockets, forks the workers, and each imports the app itself
+(after the fork, like gunicorn without --preload) and runs bjoern's loop on its socket.
+`reuseport` (the default, bjoern's documented way to run several bjoerns): one SO_REUSEPORT
+socket per worker, the kernel spreads connections. `shared`: one socket for all, where
+bjoern's accept loop lets one worker take most of a burst. SIGTERM or SIGINT to the master
+kills the workers; a worker that dies ends the run (no respawn: a benchmark wants to see it).
 """
 
 from __future__ import annotations
@@ -64,6 +66,16 @@ def _stop(children: list[int], grace: float = 5.0) -> None:
         os.waitpid(pid, 0)
 
 
+def _bind(host: str, port: int, workers: int, reuse_port: bool) -> list[socket.socket]:
+    """The socket each worker accepts on: its own SO_REUSEPORT one, or one shared by all."""
+    if not reuse_port:
+        return [bjoern.bind_and_listen(host, port, listen_backlog=2048)] * workers
+    return [
+        bjoern.bind_and_listen(host, port, reuse_port=True, listen_backlog=2048)
+        for _ in range(workers)
+    ]
+
+
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -74,18 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--socket", choices=("reuseport", "shared"), default="reuseport")
     args = parser.parse_args(argv)
-    sock = bjoern.bind_and_listen(args.host, args.port, listen_backlog=2048)
+    sockets = _bind(args.host, args.port, args.workers, args.socket == "reuseport")
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     children: list[int] = []
     try:
-        for _ in range(args.workers):
+        for sock in sockets:
             pid = os.fork()
             if pid == 0:
                 _worker(sock, args.app)
             children.append(pid)
-        print(f"bjoern: {args.workers} workers on {args.host}:{args.port}", flush=True)
+        print(f"bjoern: {args.workers} workers on {args.host}:{args.port} ({args.socket})")
+        sys.stdout.flush()
         pid, status = os.wait()  # any worker's death ends the run
         children.remove(pid)
         print(f"bjoern: worker {pid} exited ({status}); stopping", file=sys.stderr, flush=True)
