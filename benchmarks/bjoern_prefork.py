@@ -32,9 +32,10 @@ _PR_SET_PDEATHSIG = 1
 
 def _load(target: str) -> Callable[..., Any]:
     module, _, attr = target.partition(":")
-    app: Any = importlib.import_module(module)
+    found: Any = importlib.import_module(module)
     for part in (attr or "app").split("."):
-        app = getattr(app, part)
+        found = getattr(found, part)
+    app: Callable[..., Any] = found
     return app
 
 

@@ -443,7 +443,7 @@ def _sqlite_targets(
     failed = failures.get(f"throughput/{app}/us-wsgi")
     us = tp.get((app, "us-wsgi"))
     if failed and (us is None or not answered_well(us)):
-        return [(w, f"our server failed: {failed[:160]}", "**not met**") for w in wanted]
+        return [(w, f"our server failed: {_short(failed, 160)}", "**not met**") for w in wanted]
     ref = tp.get((app, peer)) if peer else None
     r = ratio(_get(us, "rps"), _get(ref, "rps"))
     us_p99, ref_p99 = _get(us, "p99_ms"), _get(ref, "p99_ms")
@@ -460,6 +460,11 @@ def _sqlite_targets(
             _verdict(None if us_p99 is None or ref_p99 is None else us_p99 <= ref_p99),
         ),
     ]
+
+
+def _short(text: str, limit: int) -> str:
+    """At most `limit` characters, cut at a word, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _targets_section(results: Results) -> list[str]:
@@ -568,9 +573,11 @@ def summary(results: Results, md_path: Path, png_path: Path, readme: Path) -> st
             "kamisama CPU µs/req",
             "x peer",
             "kamisama of nginx",
+            "kamisama worker share",
         ),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    shares = worker_shares(results.throughput)
     for app in APPS:
         best = best_peer(app, tp)
         us_key = next((k for (a, k) in tp if a == app and CONTENDERS[k].ours), None)
@@ -592,6 +599,7 @@ def summary(results: Results, md_path: Path, png_path: Path, readme: Path) -> st
                 fmt(us_cpu, 1),
                 fmt_ratio(ratio(us_cpu, peer["cpu_us_per_req"])),
                 fmt_ratio(ratio(us_rps, nginx)),
+                fmt_shares(shares.get((app, us_key))) if us_key else "—",
             )
         )
     if nginx:

@@ -62,7 +62,7 @@ def answered_well(row: Row) -> bool:
 
 def best_peer(app: str, table: dict[tuple[Any, ...], Row]) -> str | None:
     """The fastest peer (not ours) that answered this app without errors in this run."""
-    peers = [
+    peers: list[tuple[float, str]] = [
         (row["rps"], key)
         for (a, key), row in table.items()
         if a == app
