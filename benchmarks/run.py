@@ -68,7 +68,7 @@ def _smoke_checks(results: Results, registry: Registry, outputs: list[Path]) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="about two minutes")
+    group.add_argument("--quick", action="store_true", help="about four minutes")
     group.add_argument("--smoke", action="store_true", help="seconds; checks the harness only")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     parser.add_argument("--render", type=Path, help="only redraw .md/.png from a run's .json")

@@ -1,4 +1,4 @@
-"""How long and how wide a run is: full (the numbers to publish), quick (about two minutes),
+"""How long and how wide a run is: full (the numbers to publish), quick (about four minutes),
 smoke (a few seconds, only proves the harness works; asserts nothing about speed)."""
 
 from __future__ import annotations
