@@ -55,6 +55,10 @@ def _smoke_checks(results: Results, registry: Registry, outputs: list[Path]) -> 
         problems.append("no startup row")
     if not any(r["sent"] > 0 for r in results.loss):
         problems.append("no loss row")
+    if not any(r["app"] == "django-sqlite" and r["requests"] > 0 for r in results.throughput):
+        problems.append("no throughput row on django-sqlite")
+    if not any(sum(r["counts"]) > 0 for r in results.balance):
+        problems.append("no balance row")
     problems += [f"missing output {p}" for p in outputs if not p.exists() or p.stat().st_size == 0]
     if registry.servers:
         problems.append(f"servers still registered: {[s.name for s in registry.servers]}")
@@ -64,7 +68,7 @@ def _smoke_checks(results: Results, registry: Registry, outputs: list[Path]) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="about two minutes")
+    group.add_argument("--quick", action="store_true", help="about four minutes")
     group.add_argument("--smoke", action="store_true", help="seconds; checks the harness only")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     parser.add_argument("--render", type=Path, help="only redraw .md/.png from a run's .json")
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.throughput()
             bench.startup()
             bench.loss()
+            bench.balance()
     except KeyboardInterrupt:
         log("interrupted: every server started by this run has been stopped")
         return 130

@@ -23,11 +23,18 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 # Reinstall when the requirements or the project's metadata changed.
-want="$(cat "$here/requirements.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$here"/requirements*.txt "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[bench] installing the peers into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet -r "$here/requirements.txt" -e "$root"
+    # Optional contenders, one by one: one that cannot be installed here is left out (the
+    # report names it as skipped), and the rest of the suite still runs.
+    grep -v '^\s*#' "$here/requirements-optional.txt" | while read -r package; do
+        [ -n "$package" ] || continue
+        "$venv/bin/python" -m pip install --quiet "$package" \
+            || echo "[bench] $package cannot be installed here; its rows will be skipped" >&2
+    done
     echo "$want" > "$stamp"
 fi
 exec "$venv/bin/python" "$here/run.py" "$@"

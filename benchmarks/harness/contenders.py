@@ -37,6 +37,8 @@ APPS: dict[str, App] = {
         App("hello-asgi", "hello_asgi:app", "asgi", "raw ASGI hello"),
         App("flask", "flask_app:app", "wsgi", "Flask route"),
         App("fastapi", "fastapi_app:app", "asgi", "FastAPI route"),
+        App("flask-sqlite", "flask_sqlite:app", "wsgi", "Flask-SQLite route"),
+        App("django-sqlite", "django_sqlite:app", "wsgi", "Django-SQLite ORM view"),
     )
 }
 
@@ -51,6 +53,7 @@ class Contender:
     restart_signal: signal.Signals | None = None
     ours: bool = False
     preload: bool = False
+    module: str | None = None  # an optional contender: skipped when this is not importable
 
     def command(self, app: App | None, port: int, workers: int) -> list[str]:
         values = {
@@ -91,6 +94,16 @@ OURS = (
 )
 GUNICORN = ("{bin}/gunicorn", "--workers", "{workers}", "--bind", "127.0.0.1:{port}")
 GRANIAN = ("{bin}/granian", "--workers", "{workers}", "--host", "127.0.0.1", "--port", "{port}")
+# bjoern has no pre-fork of its own: our launcher forks it (benchmarks/bjoern_prefork.py).
+BJOERN = (
+    "{bin}/python",
+    str(BENCH_DIR / "bjoern_prefork.py"),
+    "{app}",
+    "--workers",
+    "{workers}",
+    "--port",
+    "{port}",
+)
 SIGUSR1, SIGHUP = signal.SIGUSR1, signal.SIGHUP
 
 CONTENDERS: dict[str, Contender] = {
@@ -208,15 +221,27 @@ CONTENDERS: dict[str, Contender] = {
             "hypercorn",
             SIGHUP,
         ),
+        Contender(
+            "bjoern",
+            "bjoern (reuseport launcher)",
+            "wsgi",
+            BJOERN,
+            "bjoern-binary",
+            module="bjoern",
+        ),
     )
 }
 
 # Which contenders run which app in the throughput matrix (order = table order).
+WSGI_ROW = ("us-wsgi", "gunicorn-sync", "gunicorn-gthread", "granian-wsgi", "bjoern")
+ASGI_ROW = ("us-asgi", "uvicorn", "gunicorn-uvicorn", "granian-asgi", "hypercorn")
 THROUGHPUT: dict[str, tuple[str, ...]] = {
-    "hello-wsgi": ("us-wsgi", "gunicorn-sync", "gunicorn-gthread", "granian-wsgi"),
-    "hello-asgi": ("us-asgi", "uvicorn", "gunicorn-uvicorn", "granian-asgi", "hypercorn"),
-    "flask": ("us-wsgi", "gunicorn-sync", "gunicorn-gthread", "granian-wsgi"),
-    "fastapi": ("us-asgi", "uvicorn", "gunicorn-uvicorn", "granian-asgi", "hypercorn"),
+    "hello-wsgi": WSGI_ROW,
+    "hello-asgi": ASGI_ROW,
+    "flask": WSGI_ROW,
+    "fastapi": ASGI_ROW,
+    "flask-sqlite": WSGI_ROW,
+    "django-sqlite": WSGI_ROW,
 }
 
 # The peer each app's ratios are taken against ("best" = the fastest peer in this run).
@@ -225,6 +250,8 @@ THROUGHPUT_REFERENCE: dict[str, str] = {
     "hello-asgi": "uvicorn",
     "flask": "best",
     "fastapi": "best",
+    "flask-sqlite": "best",
+    "django-sqlite": "best",
 }
 
 # Startup and memory, 4 workers: a real framework app, so --preload has something to share.
@@ -264,3 +291,7 @@ LOSS: tuple[str, ...] = (
     "hypercorn",
 )
 LOSS_APP = {"wsgi": "hello-wsgi", "asgi": "hello-asgi"}
+
+# Balance: every server, each on its raw hello app's /pid, with these worker counts.
+BALANCE: tuple[str, ...] = (*LOSS, "bjoern")
+BALANCE_WORKERS: tuple[int, ...] = (2, 4)

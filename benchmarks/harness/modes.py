@@ -1,4 +1,4 @@
-"""How long and how wide a run is: full (the numbers to publish), quick (about two minutes),
+"""How long and how wide a run is: full (the numbers to publish), quick (about four minutes),
 smoke (a few seconds, only proves the harness works; asserts nothing about speed)."""
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ class Mode:
     throughput: dict[str, tuple[str, ...]]
     startup: dict[str, tuple[str, ...]]
     loss: tuple[str, ...]
+    balance: tuple[str, ...]
+    balance_workers: tuple[int, ...]
+    balance_rounds: int
+    balance_connections: int  # opened at once, one GET /pid on each
     nginx: bool = True
 
 
@@ -46,6 +50,10 @@ FULL = Mode(
     throughput=c.THROUGHPUT,
     startup=c.STARTUP,
     loss=c.LOSS,
+    balance=c.BALANCE,
+    balance_workers=c.BALANCE_WORKERS,
+    balance_rounds=3,
+    balance_connections=64,
 )
 
 QUICK = Mode(
@@ -65,6 +73,10 @@ QUICK = Mode(
     throughput=c.THROUGHPUT,
     startup=c.STARTUP,
     loss=c.LOSS,
+    balance=c.BALANCE,
+    balance_workers=c.BALANCE_WORKERS,
+    balance_rounds=3,
+    balance_connections=64,
 )
 
 SMOKE = Mode(
@@ -81,9 +93,16 @@ SMOKE = Mode(
     loss_clients=8,
     loss_warm_s=0.4,
     loss_deadline_s=4.0,
-    throughput={"hello-wsgi": ("us-wsgi", "gunicorn-sync")},
+    throughput={
+        "hello-wsgi": ("us-wsgi", "gunicorn-sync"),
+        "django-sqlite": ("us-wsgi", "gunicorn-sync"),
+    },
     startup={"flask": ("us-wsgi", "gunicorn-sync")},
     loss=("us-wsgi", "gunicorn-sync"),
+    balance=("us-wsgi", "gunicorn-sync"),
+    balance_workers=(2,),
+    balance_rounds=1,
+    balance_connections=64,
 )
 
 MODES = {m.name: m for m in (FULL, QUICK, SMOKE)}

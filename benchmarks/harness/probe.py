@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 
 from .http1 import HEAD_LIMIT, get, read_response, request_bytes
 from .procs import Server
@@ -49,6 +51,7 @@ async def _wait_workers(server: Server, workers: int, timeout: float) -> float:
             raise StartFailed(f"not ready within {timeout:.0f} s ({len(pids)}/{workers} workers)")
         seen, answered = await _burst(server.port, 2 * workers, min(left, 5.0))
         pids |= seen
+        server.worker_pids = set(pids)
         if len(pids) >= workers:
             return time.perf_counter() - server.started_at
         if not answered:
@@ -85,32 +88,61 @@ def wait_answer(server: Server, timeout: float) -> float:
     return asyncio.run(_wait_answer(server, timeout))
 
 
-async def _warm(port: int, total: int, connections: int, timeout: float) -> int:
-    """`total` GET / over `connections` keep-alive connections; returns how many got 200."""
+@dataclass
+class WarmUp:
+    """What the unrecorded warm-up requests got: a server that answers errors is caught here,
+    before its error pages are timed as if they were the app's answer."""
+
+    answered: int = 0
+    ok: int = 0
+    other: Counter[int] = field(default_factory=Counter)  # non-200 status -> count
+
+    def healthy(self) -> bool:
+        return self.answered > 0 and self.ok >= 0.99 * self.answered
+
+    def describe(self) -> str:
+        statuses = ", ".join(f"{n} x {status}" for status, n in self.other.most_common())
+        return f"{self.ok} of {self.answered} GET / answered 200" + (
+            f" ({statuses})" if statuses else ""
+        )
+
+
+async def _warm(port: int, total: int, connections: int, timeout: float) -> WarmUp:
+    """`total` GET / over `connections` keep-alive connections, reconnecting when the server
+    closes one (gunicorn sync closes after every answer)."""
     per_connection = max(1, total // connections)
     request = request_bytes("/", port)
+    tally = WarmUp()
 
-    async def one() -> int:
-        ok = 0
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=HEAD_LIMIT)
+    async def one() -> None:
+        writer: asyncio.StreamWriter | None = None
         try:
             for _ in range(per_connection):
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", port, limit=HEAD_LIMIT
+                    )
                 writer.write(request)
                 await writer.drain()
                 response = await read_response(reader)
-                ok += response.status == 200
+                tally.answered += 1
+                if response.status == 200:
+                    tally.ok += 1
+                else:
+                    tally.other[response.status] += 1
                 if response.close:
-                    break
+                    writer.close()
+                    writer = None
         finally:
-            writer.close()
-        return ok
+            if writer is not None:
+                writer.close()
 
-    results = await asyncio.wait_for(
+    await asyncio.wait_for(
         asyncio.gather(*(one() for _ in range(connections)), return_exceptions=True), timeout
     )
-    return sum(r for r in results if isinstance(r, int))
+    return tally
 
 
-def warm_up(server: Server, total: int, connections: int = 8, timeout: float = 20.0) -> int:
+def warm_up(server: Server, total: int, connections: int = 8, timeout: float = 20.0) -> WarmUp:
     """Unrecorded requests before the first measured round (imports, lazy init, caches)."""
     return asyncio.run(_warm(server.port, total, connections, timeout))

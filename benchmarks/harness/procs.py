@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,7 @@ class Server:
     log_path: Path
     started_at: float
     seen_pids: set[int] = field(default_factory=set)
+    worker_pids: set[int] = field(default_factory=set)  # pids that answered GET /pid
 
     @property
     def pid(self) -> int:
@@ -107,6 +109,15 @@ class Server:
         except OSError:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
+
+    def last_exception(self) -> str:
+        """The last line of its log that names a Python exception (``pkg.SomeError: why``),
+        so a report can say why an app failed under this server; empty if there is none."""
+        lines = self.log_tail(400).splitlines()
+        return next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), "")
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Operation|Exit)(: .*)?$")
 
 
 def _group_alive(pgid: int) -> bool:

@@ -8,7 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from .contenders import APPS, CONTENDERS, STARTUP_REFERENCES
-from .stats import Row, fmt, fmt_ratio, label, medians, ratio, reference, splits, throughput_table
+from .stats import (
+    Row,
+    answered_well,
+    best_peer,
+    fmt,
+    fmt_ratio,
+    fmt_shares,
+    label,
+    medians,
+    ratio,
+    reference,
+    throughput_table,
+    worker_shares,
+)
 from .suites import Results
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -39,16 +52,16 @@ def _throughput_section(results: Results) -> list[str]:
     table = throughput_table(results.throughput)
     nginx = table.get(("static", "nginx"), {}).get("rps")
     meta = results.meta.get("params", {})
-    split = splits(results.throughput)
+    shares = worker_shares(results.throughput)
     lines = [
-        "## Hello-world throughput, latency and server CPU per request",
+        "## Throughput, latency and server CPU per request",
         "",
         f"{meta.get('workers', 2)} workers per server; `wrk -t{meta.get('wrk_threads')} "
-        f"-c{meta.get('connections')} -d{meta.get('duration_s')}s`, "
+        f"-c{meta.get('connections')} -d{meta.get('duration_s')}s` on `/`, "
         f"{meta.get('rounds')} interleaved rounds, medians. CPU/req = the server's whole "
-        "process tree's user+system CPU over the requests wrk completed. *busiest procs* = "
-        "the CPU of the tree's busiest processes (one per worker) in % of a core: how "
-        "evenly the workers share the load.",
+        "process tree's user+system CPU over the requests wrk completed. *worker share* = "
+        "each worker's part of the workers' CPU during the run (a worker = a pid that "
+        "answered `GET /pid`), busiest first; **⚠** marks a worker below half its fair share.",
         "",
     ]
     if nginx:
@@ -58,51 +71,74 @@ def _throughput_section(results: Results) -> list[str]:
             "",
         ]
     for app in APPS:
-        rows = [(key, row) for (a, key), row in table.items() if a == app]
-        if not rows:
-            continue
-        ref = reference(app, table)
-        ref_row = table.get((app, ref)) if ref else None
-        lines += [
-            f"### {APPS[app].title} (`{APPS[app].target}`): ratios against "
-            f"**{label(ref) if ref else 'n/a'}**",
-            "",
-            _row(
-                "server",
-                "req/s",
-                "x ref",
-                "of nginx",
-                "p50 ms",
-                "p99 ms",
-                "CPU µs/req",
-                "x ref",
-                "busiest procs % CPU",
-                "other load",
-                "errors",
-            ),
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        ref_rps = ref_row["rps"] if ref_row else None
-        ref_cpu = ref_row["cpu_us_per_req"] if ref_row else None
-        for key, row in sorted(rows, key=lambda kr: -(kr[1]["rps"] or 0)):
-            errors = int((row["socket_errors"] or 0) + (row["non_2xx"] or 0))
-            lines.append(
-                _row(
-                    _name(key),
-                    fmt(row["rps"]),
-                    fmt_ratio(ratio(row["rps"], ref_rps)),
-                    fmt_ratio(ratio(row["rps"], nginx)),
-                    fmt(row["p50_ms"], 2),
-                    fmt(row["p99_ms"], 2),
-                    fmt(row["cpu_us_per_req"], 1),
-                    fmt_ratio(ratio(row["cpu_us_per_req"], ref_cpu)),
-                    split.get((app, key), "—"),
-                    fmt(row["other_cores"], 2),
-                    str(errors),
-                )
-            )
-        lines.append("")
+        lines += _throughput_app(app, table, shares, nginx, results.failures)
     return lines
+
+
+def _throughput_app(
+    app: str,
+    table: dict[tuple[Any, ...], Row],
+    shares: dict[tuple[str, str], list[float]],
+    nginx: float | None,
+    failures: dict[str, str],
+) -> list[str]:
+    """One app's table: a row per server that ran, then a line per server that failed."""
+    rows = [(key, row) for (a, key), row in table.items() if a == app]
+    failed = _failed_cells(failures, app)
+    if not rows and not failed:
+        return []
+    ref = reference(app, table)
+    ref_row = table.get((app, ref)) if ref else None
+    lines = [
+        f"### {APPS[app].title} (`{APPS[app].target}`): ratios against "
+        f"**{label(ref) if ref else 'n/a'}**",
+        "",
+        _row(
+            "server",
+            "req/s",
+            "worker share",
+            "x ref",
+            "of nginx",
+            "p50 ms",
+            "p99 ms",
+            "CPU µs/req",
+            "x ref",
+            "other load",
+            "errors",
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ref_rps = ref_row["rps"] if ref_row else None
+    ref_cpu = ref_row["cpu_us_per_req"] if ref_row else None
+    for key, row in sorted(rows, key=lambda kr: -(kr[1]["rps"] or 0)):
+        errors = int((row["socket_errors"] or 0) + (row["non_2xx"] or 0))
+        lines.append(
+            _row(
+                _name(key),
+                fmt(row["rps"]) if answered_well(row) else f"{fmt(row['rps'])} (**errors**)",
+                fmt_shares(shares.get((app, key))),
+                fmt_ratio(ratio(row["rps"], ref_rps)),
+                fmt_ratio(ratio(row["rps"], nginx)),
+                fmt(row["p50_ms"], 2),
+                fmt(row["p99_ms"], 2),
+                fmt(row["cpu_us_per_req"], 1),
+                fmt_ratio(ratio(row["cpu_us_per_req"], ref_cpu)),
+                fmt(row["other_cores"], 2),
+                str(errors),
+            )
+        )
+    for key, _why in failed:
+        if (app, key) not in table:
+            lines.append(_row(_name(key), "**failed**", *["—"] * 9))
+    lines.append("")
+    lines += [f"- {_name(key)} **failed**: {why}" for key, why in failed]
+    return [*lines, ""] if failed else lines
+
+
+def _failed_cells(failures: dict[str, str], app: str) -> list[tuple[str, str]]:
+    """(contender, why) for every throughput cell of this app that failed."""
+    prefix = f"throughput/{app}/"
+    return [(k[len(prefix) :], why) for k, why in sorted(failures.items()) if k.startswith(prefix)]
 
 
 def _startup_section(results: Results) -> list[str]:
@@ -212,6 +248,86 @@ def _loss_section(results: Results) -> list[str]:
     return lines
 
 
+BALANCE_LOW, BALANCE_HIGH = 0.4, 1.6  # a worker outside this x its fair share is flagged
+
+
+def balance_cells(results: Results) -> dict[tuple[str, int], list[Row]]:
+    """(contender, workers) -> its balance rounds, in order."""
+    cells: dict[tuple[str, int], list[Row]] = {}
+    for row in sorted(results.balance, key=lambda r: r["round"]):
+        cells.setdefault((row["contender"], row["workers"]), []).append(row)
+    return cells
+
+
+def balance_range(rounds: list[Row]) -> tuple[float, float]:
+    """The fewest and most connections one worker got in any round, as a fraction of the
+    fair share (connections / workers)."""
+    fractions = [count / (r["connections"] / r["workers"]) for r in rounds for count in r["counts"]]
+    return min(fractions), max(fractions)
+
+
+def _fmt_range(rounds: list[Row]) -> str:
+    low, high = balance_range(rounds)
+    text = f"{low:.2f}x to {high:.2f}x"
+    if low < BALANCE_LOW or high > BALANCE_HIGH:
+        return f"**{text} ⚠**"
+    return text
+
+
+def _balance_section(results: Results) -> list[str]:
+    cells = balance_cells(results)
+    if not cells:
+        return []
+    first = results.balance[0]
+    lines = [
+        "## Balance: a burst of keep-alive connections over the workers",
+        "",
+        f"{first['connections']} TCP connections opened at once (all connected before any "
+        "request), then one keep-alive `GET /pid` on each; the pid that answered tells which "
+        "worker holds the connection. Per round: connections per worker, busiest first. "
+        "*range* = the fewest and the most one worker got in any round, as a fraction of the "
+        f"fair share (connections / workers); **⚠** = outside {BALANCE_LOW}x to {BALANCE_HIGH}x. "
+        "gunicorn sync answers one connection at a time with `Connection: close` (the "
+        "client then closes it), so for it the count says which worker was free to accept "
+        "next, not who holds a keep-alive connection.",
+        "",
+        _row("server", "workers", "per worker, each round", "range of fair share", "unanswered"),
+        "|---|---:|---|---:|---:|",
+    ]
+    for (key, workers), rounds in cells.items():
+        lines.append(
+            _row(
+                _name(key),
+                str(workers),
+                "; ".join("/".join(str(c) for c in r["counts"]) for r in rounds),
+                _fmt_range(rounds),
+                str(sum(r["unanswered"] for r in rounds)),
+            )
+        )
+    return [*lines, ""]
+
+
+def _balance_summary(results: Results) -> list[str]:
+    """The balance figures in one line per server, for the README's summary block."""
+    cells = balance_cells(results)
+    if not cells:
+        return []
+    counts = sorted({w for _, w in cells})
+    lines = [
+        "",
+        f"Balance ({results.balance[0]['connections']} keep-alive connections at once): the "
+        "fewest and the most connections one worker got, as a fraction of its fair share; "
+        f"**⚠** outside {BALANCE_LOW}x to {BALANCE_HIGH}x:",
+        "",
+        _row("server", *(f"{w} workers" for w in counts)),
+        "|---|" + "---:|" * len(counts),
+    ]
+    for key in dict.fromkeys(k for k, _ in cells):
+        ranges = (_fmt_range(cells[(key, w)]) if (key, w) in cells else "—" for w in counts)
+        lines.append(_row(_name(key), *ranges))
+    return lines
+
+
 def _pair(row: Row | None) -> str:
     return "—" if row is None else f"{fmt(row['lost'])} / {fmt(row['sent'])}"
 
@@ -225,7 +341,7 @@ def _done(values: list[bool] | None) -> str:
 
 
 def targets(results: Results) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) for each target of issue 4."""
+    """(target, measured, verdict) for each target the issues set."""
     if not any(
         CONTENDERS[r["contender"]].ours for r in results.throughput if r["contender"] in CONTENDERS
     ):
@@ -235,9 +351,6 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
     st = medians(results.startup, ("app", "contender"), ("ready_s", "uss_mb"))
     ls = medians(results.loss, ("contender", "scenario"), ("lost",))
     out: list[tuple[str, str, str]] = []
-
-    def verdict(ok: bool | None) -> str:
-        return "n/a" if ok is None else ("met" if ok else "**not met**")
 
     def rps_target(app: str, us: str, peer: str | None, factor: float, what: str) -> None:
         a, b = (
@@ -249,7 +362,7 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
             (
                 f"{what}: ≥ {factor}x {label(peer) if peer else 'peer'}",
                 f"{fmt_ratio(r)} ({fmt(a)} vs {fmt(b)} req/s)",
-                verdict(None if r is None else r >= factor),
+                _verdict(None if r is None else r >= factor),
             )
         )
 
@@ -259,12 +372,14 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
         (
             "WSGI hello: ≤ 25 µs server CPU/req",
             f"{fmt(cpu, 1)} µs",
-            verdict(None if cpu is None else cpu <= 25),
+            _verdict(None if cpu is None else cpu <= 25),
         )
     )
     rps_target("hello-asgi", "us-asgi", "uvicorn", 1.1, "ASGI hello req/s")
     rps_target("flask", "us-wsgi", reference("flask", tp), 1.1, "Flask req/s")
     rps_target("fastapi", "us-asgi", reference("fastapi", tp), 1.1, "FastAPI req/s")
+    for app in ("flask-sqlite", "django-sqlite"):
+        out += _sqlite_targets(app, tp, results.failures)
 
     def startup_ratio(app: str, us: str, peer: str, field: str) -> float | None:
         return ratio(st.get((app, us), {}).get(field), st.get((app, peer), {}).get(field))
@@ -278,7 +393,7 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
             (
                 f"{APPS[app].title}: 4 workers ready ≤ {label(peer)}",
                 fmt_ratio(r),
-                verdict(None if r is None else r <= 1.0),
+                _verdict(None if r is None else r <= 1.0),
             )
         )
     r = startup_ratio("fastapi", "us-asgi", "uvicorn", "ready_s")
@@ -286,7 +401,7 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
         (
             "FastAPI: 4 workers ready ≤ ½ uvicorn's",
             fmt_ratio(r),
-            verdict(None if r is None else r <= 0.5),
+            _verdict(None if r is None else r <= 0.5),
         )
     )
     r = startup_ratio("fastapi", "us-asgi-preload", "uvicorn", "uss_mb")
@@ -294,7 +409,7 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
         (
             "FastAPI --preload: summed USS ≤ ⅓ uvicorn's",
             fmt_ratio(r),
-            verdict(None if r is None else r <= 1 / 3),
+            _verdict(None if r is None else r <= 1 / 3),
         )
     )
     for key in ("us-wsgi", "us-asgi"):
@@ -311,12 +426,49 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
             ]
             if not_done:
                 ok, measured = False, f"{measured}, but the restart did not complete"
-            out.append((f"{label(key)}: 0 lost on {what}", measured, verdict(ok)))
+            out.append((f"{label(key)}: 0 lost on {what}", measured, _verdict(ok)))
     return out
 
 
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+def _sqlite_targets(
+    app: str, tp: dict[tuple[Any, ...], Row], failures: dict[str, str]
+) -> list[tuple[str, str, str]]:
+    """req/s ≥ 1.2x the best peer on the app, and p99 no worse than that peer's."""
+    title, peer = APPS[app].title, best_peer(app, tp)
+    wanted = (f"{title} req/s: ≥ 1.2x the best peer", f"{title} p99: ≤ the best peer's")
+    failed = failures.get(f"throughput/{app}/us-wsgi")
+    us = tp.get((app, "us-wsgi"))
+    if failed and (us is None or not answered_well(us)):
+        return [(w, f"our server failed: {_short(failed, 160)}", "**not met**") for w in wanted]
+    ref = tp.get((app, peer)) if peer else None
+    r = ratio(_get(us, "rps"), _get(ref, "rps"))
+    us_p99, ref_p99 = _get(us, "p99_ms"), _get(ref, "p99_ms")
+    versus = f" ({label(peer)})" if peer else ""
+    return [
+        (
+            wanted[0] + versus,
+            f"{fmt_ratio(r)} ({fmt(_get(us, 'rps'))} vs {fmt(_get(ref, 'rps'))} req/s)",
+            _verdict(None if r is None else r >= 1.2),
+        ),
+        (
+            wanted[1] + versus,
+            f"{fmt(us_p99, 2)} vs {fmt(ref_p99, 2)} ms",
+            _verdict(None if us_p99 is None or ref_p99 is None else us_p99 <= ref_p99),
+        ),
+    ]
+
+
+def _short(text: str, limit: int) -> str:
+    """At most `limit` characters, cut at a word, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
+
+
 def _targets_section(results: Results) -> list[str]:
-    lines = ["## Targets of issue 4", "", "| target | measured | verdict |", "|---|---|---|"]
+    lines = ["## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
     lines += [_row(t, m, v) for t, m, v in targets(results)]
     return [*lines, ""]
 
@@ -380,6 +532,7 @@ def markdown(results: Results, chart_name: str) -> str:
         *_throughput_section(results),
         *_startup_section(results),
         *_loss_section(results),
+        *_balance_section(results),
         *_failures_section(results),
     ]
     return "\n".join(lines).rstrip() + "\n"
@@ -420,45 +573,42 @@ def summary(results: Results, md_path: Path, png_path: Path, readme: Path) -> st
             "kamisama CPU µs/req",
             "x peer",
             "kamisama of nginx",
+            "kamisama worker share",
         ),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    shares = worker_shares(results.throughput)
     for app in APPS:
-        best = reference_best(app, tp)
-        us = next((r for (a, k), r in tp.items() if a == app and CONTENDERS[k].ours), None)
+        best = best_peer(app, tp)
+        us_key = next((k for (a, k) in tp if a == app and CONTENDERS[k].ours), None)
+        us = tp.get((app, us_key)) if us_key else None
         if best is None:
             continue
         peer = tp[(app, best)]
         us_rps = us["rps"] if us else None
         us_cpu = us["cpu_us_per_req"] if us else None
+        failed = [k for k, _ in _failed_cells(results.failures, app) if CONTENDERS[k].ours]
         lines.append(
             _row(
                 APPS[app].title,
                 label(best),
                 fmt(peer["rps"]),
                 fmt(peer["cpu_us_per_req"], 1),
-                fmt(us_rps),
+                "**failed** (see the report)" if failed else fmt(us_rps),
                 fmt_ratio(ratio(us_rps, peer["rps"])),
                 fmt(us_cpu, 1),
                 fmt_ratio(ratio(us_cpu, peer["cpu_us_per_req"])),
                 fmt_ratio(ratio(us_rps, nginx)),
+                fmt_shares(shares.get((app, us_key))) if us_key else "—",
             )
         )
     if nginx:
         lines += ["", f"nginx (physical reference, 2 workers): {fmt(nginx)} req/s."]
     lines += ["", "Targets:", "", "| target | measured | verdict |", "|---|---|---|"]
     lines += [_row(t, m, v) for t, m, v in targets(results)]
+    lines += _balance_summary(results)
     lines += ["", f"![throughput and CPU per request]({rel_png})", "", END]
     return "\n".join(lines)
-
-
-def reference_best(app: str, tp: dict[tuple[Any, ...], Row]) -> str | None:
-    peers = [
-        (r["rps"], k)
-        for (a, k), r in tp.items()
-        if a == app and not CONTENDERS[k].ours and r["rps"]
-    ]
-    return max(peers)[1] if peers else None
 
 
 def update_readme(readme: Path, results: Results, md_path: Path, png_path: Path) -> None:

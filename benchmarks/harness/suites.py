@@ -1,4 +1,4 @@
-"""The three measurements, each interleaved: every round visits every contender once (in a
+"""The measurements, each interleaved: every round visits every contender once (in a
 rotated order), so slow drifts of the shared machine hit everyone alike; medians are taken
 over rounds later. A contender that fails is recorded with the reason and skipped from then
 on; nothing else stops."""
@@ -6,6 +6,7 @@ on; nothing else stops."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import loss, nginx, probe, wrk
+from . import balance, loss, nginx, probe, wrk
 from .contenders import APPS, APPS_DIR, CONTENDERS, LOSS_APP, VENV_BIN, Contender
 from .modes import Mode
 from .procs import Registry, Server, free_port
@@ -36,6 +37,27 @@ def rotated(items: Sequence[T], by: int) -> list[T]:
     return [*items[k:], *items[:k]]
 
 
+def prepare_db(folder: Path) -> Path:
+    """Create the SQLite file the *-sqlite apps read, once, before any server starts (so
+    workers starting together never race to create it); apps/bench_db.py owns the schema."""
+    spec = importlib.util.spec_from_file_location("bench_db", APPS_DIR / "bench_db.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path: Path = module.ensure(folder / "bench.sqlite3")
+    return path
+
+
+def missing_module(contender: Contender) -> str | None:
+    """Why an optional contender cannot run here (its module is not installed), or None."""
+    if contender.module and importlib.util.find_spec(contender.module) is None:
+        return (
+            f"{contender.label}: Python module `{contender.module}` is not installed in the "
+            f"bench venv (run.sh could not install `{contender.package}` here); skipped"
+        )
+    return None
+
+
 def server_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(APPS_DIR)
@@ -51,6 +73,7 @@ class Results:
     throughput: list[dict[str, Any]] = field(default_factory=list)
     startup: list[dict[str, Any]] = field(default_factory=list)
     loss: list[dict[str, Any]] = field(default_factory=list)
+    balance: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # "suite/app/contender" -> why
     ours_status: str = "not checked"
     meta: dict[str, Any] = field(default_factory=dict)
@@ -64,7 +87,13 @@ class Bench:
         self.registry = registry
         self.results = results
         self.env = server_env()
+        self.env["BENCH_SQLITE_PATH"] = str(prepare_db(registry.log_dir))
         self.skip: set[str] = set()  # contender keys left out of the whole run
+        for key, contender in CONTENDERS.items():
+            why = missing_module(contender)
+            if why:
+                self.skip.add(key)
+                self.fail(f"setup/{key}", why)
 
     def launch(self, contender: Contender, app_key: str | None, workers: int) -> Server:
         port = free_port()
@@ -149,10 +178,9 @@ class Bench:
             live = [c for c in cells if c in servers]
             log(f"throughput: {len(live)} servers ready; warm-up")
             for cell in live:
-                try:
-                    probe.warm_up(servers[cell], mode.warmup_requests)
-                except (OSError, asyncio.TimeoutError) as exc:
-                    self.fail(f"throughput/{cell[0]}/{cell[1]}", f"warm-up failed: {exc!r}")
+                why = self._warm_up(servers[cell])
+                if why:
+                    self.fail(f"throughput/{cell[0]}/{cell[1]}", why)
                     self.registry.stop(servers.pop(cell), grace=2.0)
             for rnd in range(mode.rounds):
                 live = [c for c in live if c in servers]
@@ -161,6 +189,19 @@ class Bench:
                     self._wrk(cell, servers, mode.duration_s, record=rnd)
         finally:
             self.registry.stop_many(list(servers.values()))
+
+    def _warm_up(self, server: Server) -> str | None:
+        """Warm a server up; None if it answered GET / with 200s, else why its cell is out."""
+        try:
+            warm = probe.warm_up(server, self.mode.warmup_requests)
+        except (OSError, asyncio.TimeoutError) as exc:
+            return f"warm-up failed: {exc!r}"
+        if warm.healthy():
+            return None
+        cause = server.last_exception()
+        return f"answers errors: {warm.describe()}" + (
+            f"; last exception in its log: {cause}" if cause else ""
+        )
 
     def _wrk(
         self, cell: tuple[str, str], servers: dict[tuple[str, str], Server], secs: int, record: int
@@ -185,6 +226,7 @@ class Bench:
             wall = time.perf_counter() - t0
             by_pid1 = server.cpu_by_pid()
             deltas = sorted((t - by_pid0.get(pid, 0.0) for pid, t in by_pid1.items()), reverse=True)
+            shares = worker_shares(server.worker_pids, by_pid0, by_pid1)
             cpu = sum(deltas)
             busy = wrk.machine_busy_seconds() - busy0
             own = wrk.self_cpu_seconds() - self0
@@ -216,6 +258,8 @@ class Bench:
                 "server_cores": cpu / wall,
                 # The busiest processes' CPU in % of a core: shows how evenly workers share.
                 "split_pct": [round(100 * d / wall) for d in deltas[: mode.workers]],
+                # Each worker's share of the workers' CPU, busiest first ([52, 48]).
+                "worker_share_pct": shares,
                 "wrk_cores": res.wrk_cpu_s / wall,
                 "other_cores": max(0.0, busy - cpu - res.wrk_cpu_s - own) / wall,
             }
@@ -288,6 +332,55 @@ class Bench:
         row["reasons"] = dict(res.reasons)
         row.update({"contender": contender.key, "app": app_key, "round": rnd})
         self.results.loss.append(row)
+
+    # --- how a burst of keep-alive connections spreads over the workers ---
+    def balance(self) -> None:
+        mode = self.mode
+        keys = [k for k in mode.balance if k not in self.skip]
+        for workers in mode.balance_workers:
+            log(f"balance, {workers} workers ({len(keys)} servers x {mode.balance_rounds} rounds)")
+            for key in keys:
+                self._balance_one(CONTENDERS[key], workers)
+
+    def _balance_one(self, contender: Contender, workers: int) -> None:
+        where = f"balance/{workers}/{contender.key}"
+        try:
+            server = self.start_ready(contender, LOSS_APP[contender.interface], workers)
+        except probe.StartFailed as exc:
+            self.fail(where, str(exc))
+            return
+        try:
+            for rnd in range(self.mode.balance_rounds):
+                res = balance.run_round(server.port, self.mode.balance_connections)
+                self.results.balance.append(
+                    {
+                        "contender": contender.key,
+                        "workers": workers,
+                        "round": rnd,
+                        "connections": self.mode.balance_connections,
+                        "connected": res.connected,
+                        "unanswered": res.unanswered,
+                        "counts": balance.per_worker(res.by_pid, server.worker_pids),
+                        "seconds": res.seconds,
+                    }
+                )
+                time.sleep(0.2)  # let the server close the last round's connections
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.fail(where, f"burst failed: {exc!r}")
+        finally:
+            self.registry.stop(server)
+
+
+def worker_shares(
+    workers: set[int], before: dict[int, float], after: dict[int, float]
+) -> list[int]:
+    """Each worker's CPU over a run in % of all workers' CPU, busiest first (the master and
+    helper processes left out: a worker is a pid that answered GET /pid)."""
+    used = sorted(
+        (after[p] - before[p] for p in workers if p in before and p in after), reverse=True
+    )
+    total = sum(used)
+    return [round(100 * u / total) for u in used] if total > 0 else []
 
 
 NGINX = Contender("nginx", "nginx (static return)", "static", (), "nginx")
