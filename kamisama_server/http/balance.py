@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 
-_FIELDS = 3  # pid, accepting (0/1), open connections
-_PID, _ACCEPTING, _CONNECTIONS = range(_FIELDS)
+_FIELDS = 4  # pid, accepting (0/1), open connections, full since (µs, 0: not full)
+_PID, _ACCEPTING, _CONNECTIONS, _FULL_SINCE = range(_FIELDS)
+FULL_FOR = 0.05
+"""A worker full (every app thread busy) this long counts as not accepting: shorter
+spells are just a fast request in progress, and must not make it look absent."""
 SEATS_PER_SLOT = 4
 MAX_SLOTS = 1024
 """Slots above this take no seat: they accept as if alone (never refused)."""
@@ -58,6 +62,7 @@ class LoadBoard:
             if pid == 0 or not _alive(pid):
                 words[base + _ACCEPTING] = 0
                 words[base + _CONNECTIONS] = 0
+                words[base + _FULL_SINCE] = 0
                 words[base + _PID] = os.getpid()
                 if words[0] < index + 1:
                     words[0] = index + 1
@@ -69,8 +74,12 @@ class LoadBoard:
         used = self._words[0]
         figures = self._words[1 : 1 + used * _FIELDS].tolist()
         workers = connections = 0
+        full_before = int((time.monotonic() - FULL_FOR) * 1e6)
         for base in range(0, used * _FIELDS, _FIELDS):
             if figures[base + _ACCEPTING] and base + 1 != own and figures[base + _PID]:
+                full_since = figures[base + _FULL_SINCE]
+                if full_since and full_since < full_before:
+                    continue  # busy for a while: it takes nothing now
                 workers += 1
                 connections += figures[base + _CONNECTIONS]
         return workers, connections
@@ -95,10 +104,12 @@ class Seat:
         self._base = base
         self._words = board._words
 
-    def publish(self, connections: int, accepting: bool) -> None:
+    def publish(self, connections: int, accepting: bool, full: bool) -> None:
         words, base = self._words, self._base
         words[base + _CONNECTIONS] = connections
         words[base + _ACCEPTING] = 1 if accepting else 0
+        if full != (words[base + _FULL_SINCE] != 0):
+            words[base + _FULL_SINCE] = int(time.monotonic() * 1e6) if full else 0
 
     def within_share(self, connections: int, slack: int) -> bool:
         """May a worker holding ``connections`` take one more?

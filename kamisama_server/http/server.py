@@ -242,8 +242,7 @@ class HttpServer:
         seat = self._seat
         if seat is not None:
             state = self.state
-            accepting = self._serving and self._paused != _FULL and self._has_room()
-            seat.publish(len(state.connections), accepting)
+            seat.publish(len(state.connections), self._serving, not self._has_room())
 
     async def _adopt(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
