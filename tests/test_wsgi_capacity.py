@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from http_support import Reader, connect
+from http_support import Reader, connect, in_background, timed_get
 from processes import wait_until
 from serve_support import Load, Server, StartServer, serving
 
@@ -58,15 +58,6 @@ def start(serve: StartServer, workers: int, *args: str) -> Server:
     return server
 
 
-def timed_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, float, bytes]:
-    """GET on a new connection: status, seconds from connect to the whole answer, body."""
-    began = time.monotonic()
-    with connect(port, timeout) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-        response = Reader(sock).response()
-    return response.status, time.monotonic() - began, response.body
-
-
 def busy_pids(server: Server, count: int = 1) -> list[int]:
     """Wait until ``count`` /busy calls started in the app; their workers' pids."""
     path = server.directory / "busy.txt"
@@ -74,14 +65,6 @@ def busy_pids(server: Server, count: int = 1) -> list[int]:
         lambda: path.exists() and len(path.read_text().split()) >= count, 10, "/busy in the app"
     )
     return [int(pid) for pid in path.read_text().split()]
-
-
-def in_background(port: int, path: str) -> tuple[threading.Thread, list[tuple[int, float, bytes]]]:
-    """``timed_get`` in a thread; its answer lands in the returned list."""
-    answers: list[tuple[int, float, bytes]] = []
-    thread = threading.Thread(target=lambda: answers.append(timed_get(port, path)), daemon=True)
-    thread.start()
-    return thread, answers
 
 
 def test_new_connections_go_to_the_idle_worker(serve: StartServer) -> None:
