@@ -44,6 +44,20 @@ PID_APP = textwrap.dedent("""
 """)
 """A WSGI app answering ``"PID WORKER_ID"``: who served the request."""
 
+ASGI_PID_APP = textwrap.dedent("""
+    import os
+    from kamisama_server import worker_id
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = f"{os.getpid()} {worker_id()}".encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+""")
+"""The same as an ASGI app."""
+
 
 class Server(GroupProcess):
     """One ``kamisama-serve`` master process and the files it reads and writes."""

@@ -21,23 +21,11 @@ from pathlib import Path
 import pytest
 from http_support import Reader, connect
 from processes import wait_until
-from serve_support import PID_APP, Server, StartServer, serving
+from serve_support import ASGI_PID_APP, PID_APP, Server, StartServer, serving
 
 CONNECTIONS = 64
 ROUNDS = 3
 LOW, HIGH = 0.4, 1.6
-
-ASGI_PID_APP = """
-import os
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    body = str(os.getpid()).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-"""
 
 APPS = {"wsgi": PID_APP, "asgi": ASGI_PID_APP}
 

@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 from http_support import in_background, timed_get
 from processes import wait_until
-from serve_support import Server, StartServer, pids_gone, serving
+from serve_support import ASGI_PID_APP, PID_APP, Server, StartServer, pids_gone, serving
 
 # /stuck: a 60 s pure-Python busy loop (its pid noted in stuck.txt first);
-# /work: 0.3 s of work; anything else: the pid at once.
-WSGI_APP = """
-import os, time
+# /work: 0.3 s of work; then the pid app's answer.
+WSGI_APP = (
+    PID_APP
+    + """
+import time
 
 def stuck_wsgi_view():
     with open("stuck.txt", "a") as f:
@@ -31,19 +33,22 @@ def stuck_wsgi_view():
     while time.time() < end:
         pass
 
+_pid_app = app
+
 def app(environ, start_response):
     if environ["PATH_INFO"] == "/stuck":
         stuck_wsgi_view()
     elif environ["PATH_INFO"] == "/work":
         time.sleep(0.3)
-    body = str(os.getpid()).encode()
-    start_response("200 OK", [("Content-Length", str(len(body)))])
-    return [body]
+    return _pid_app(environ, start_response)
 """
+)
 
 # The same for ASGI, where both /stuck and /work hold the event loop (CPU-bound).
-ASGI_APP = """
-import os, time
+ASGI_APP = (
+    ASGI_PID_APP
+    + """
+import time
 
 def spin(seconds):
     end = time.time() + seconds
@@ -55,18 +60,16 @@ async def stuck_asgi_handler():
         f.write(f"{os.getpid()}\\n")
     spin(60)
 
+_pid_app = app
+
 async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    if scope["path"] == "/stuck":
+    if scope["type"] == "http" and scope["path"] == "/stuck":
         await stuck_asgi_handler()
-    elif scope["path"] == "/work":
+    elif scope["type"] == "http" and scope["path"] == "/work":
         spin(0.3)
-    body = str(os.getpid()).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await _pid_app(scope, receive, send)
 """
+)
 
 APPS = {"wsgi": WSGI_APP, "asgi": ASGI_APP}
 
@@ -94,9 +97,10 @@ def served(server: Server, avoid: int = 0) -> int:
     """One GET / on a new connection answered 200 at once (not by ``avoid``); its pid."""
     status, took, body = timed_get(server.port, "/", timeout=5)
     assert status == 200, (status, body)
-    assert int(body) != avoid, f"answered by the stuck worker {avoid}"
+    pid = int(body.split()[0])
+    assert pid != avoid, f"answered by the stuck worker {avoid}"
     assert took < 1.0, f"GET / took {took:.2f}s"
-    return int(body)
+    return pid
 
 
 @pytest.mark.slow
