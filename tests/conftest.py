@@ -27,3 +27,8 @@ def script(tmp_path: Path) -> Iterator[Callable[..., Script]]:
     yield start
     for each in started:
         each.cleanup()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first: xdist hands tests out in order, so the long ones overlap."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

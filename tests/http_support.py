@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kamisama_server.http.exchange import Exchange
 
@@ -125,6 +127,41 @@ def request(port: int, raw: bytes, timeout: float = 5.0) -> tuple[Response, bool
         reader = Reader(sock)
         resp = reader.response()
         return resp, reader.closed(timeout)
+
+
+class Timed(NamedTuple):
+    """One answer and how long it took; status 0 (and the error in ``body``): no answer."""
+
+    status: int
+    seconds: float
+    body: bytes
+
+
+def timed_get(port: int, path: str, timeout: float = 10.0) -> Timed:
+    """GET on a new connection: the status, seconds from connect to the whole answer, body."""
+    began = time.monotonic()
+    with connect(port, timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        response = Reader(sock).response()
+    return Timed(response.status, time.monotonic() - began, response.body)
+
+
+def in_background(
+    port: int, path: str, timeout: float = 10.0
+) -> tuple[threading.Thread, list[Timed]]:
+    """``timed_get`` in a thread; its answer (or status 0 and the error) lands in the list."""
+    answers: list[Timed] = []
+
+    def get() -> None:
+        began = time.monotonic()
+        try:
+            answers.append(timed_get(port, path, timeout))
+        except (OSError, EOFError) as error:
+            answers.append(Timed(0, time.monotonic() - began, repr(error).encode()))
+
+    thread = threading.Thread(target=get, daemon=True)
+    thread.start()
+    return thread, answers
 
 
 def good_request(port: int) -> Response:

@@ -44,6 +44,20 @@ PID_APP = textwrap.dedent("""
 """)
 """A WSGI app answering ``"PID WORKER_ID"``: who served the request."""
 
+ASGI_PID_APP = textwrap.dedent("""
+    import os
+    from kamisama_server import worker_id
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = f"{os.getpid()} {worker_id()}".encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+""")
+"""The same as an ASGI app."""
+
 
 class Server(GroupProcess):
     """One ``kamisama-serve`` master process and the files it reads and writes."""
@@ -196,7 +210,10 @@ def elapsed(start: float) -> float:
 
 @dataclass
 class LoadResult:
-    """What the load's clients saw. ``lost`` lists every request written but not answered 200."""
+    """What the load's clients saw. ``lost`` lists every request written but not answered 200.
+
+    ``lost_ids``: the ids of those requests, with ``Load(numbered=True)``.
+    """
 
     sent: int = 0
     ok: int = 0
@@ -205,6 +222,7 @@ class LoadResult:
     connect_errors: list[str] = field(default_factory=list)
     closes_announced: int = 0
     pids: set[int] = field(default_factory=set)
+    lost_ids: list[str] = field(default_factory=list)
 
 
 class Load:
@@ -219,6 +237,9 @@ class Load:
 
     New connections are opened under a lock that :meth:`signal_server` takes, so
     every connection was established before the signal or not at all.
+
+    ``numbered``: each request carries a unique ``id=N`` in its query string, so
+    a test can tell which of the lost requests the app had seen.
     """
 
     def __init__(
@@ -231,8 +252,11 @@ class Load:
         pause: float = 0.0,
         max_seconds: float = 60.0,
         max_requests: int = 20_000,
+        numbered: bool = False,
     ) -> None:
         self.port = port
+        self.path = path
+        self.numbered = numbered
         self.request = f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
         self.fresh = fresh
         self.pause = pause
@@ -246,7 +270,7 @@ class Load:
             threading.Thread(target=self._client, name=f"load-{i}", daemon=True)
             for i in range(clients)
         ]
-        self.queued: list[socket.socket] = []
+        self.queued: list[tuple[socket.socket, str]] = []
 
     def __enter__(self) -> Load:
         for thread in self.threads:
@@ -269,9 +293,10 @@ class Load:
             self.stopping = True
             for _ in range(queued):
                 sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-                sock.sendall(self.request)
-                self.queued.append(sock)
                 self.result.sent += 1
+                rid = self._id()
+                sock.sendall(self._request(rid))
+                self.queued.append((sock, rid))
             send()
 
     def stop(self, timeout: float = 30.0, finish: bool = True) -> LoadResult:
@@ -284,8 +309,8 @@ class Load:
             self.stopping = True
         if finish:
             self.finished.set()
-        for sock in self.queued:
-            self._answer(sock, Reader(sock), "queued")
+        for sock, rid in self.queued:
+            self._answer(sock, Reader(sock), "queued", rid)
             sock.close()
         self.queued.clear()
         deadline = time.monotonic() + timeout
@@ -337,25 +362,41 @@ class Load:
         """Send one request and read its answer; False when the connection is done."""
         with self.lock:
             self.result.sent += 1
+            rid = self._id()
         try:
-            sock.sendall(self.request)
+            sock.sendall(self._request(rid))
         except OSError as error:
             with self.lock:
-                self.result.lost.append(f"send: {error!r}")
+                self._lose(f"send: {error!r}", rid)
             return False
-        return self._answer(sock, reader, "request")
+        return self._answer(sock, reader, "request", rid)
 
-    def _answer(self, sock: socket.socket, reader: Reader, kind: str) -> bool:
+    def _id(self) -> str:
+        """A unique id for the request being sent (called under the lock, after counting it)."""
+        return str(self.result.sent) if self.numbered else ""
+
+    def _request(self, rid: str) -> bytes:
+        if not rid:
+            return self.request
+        path = f"{self.path}{'&' if '?' in self.path else '?'}id={rid}"
+        return f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+
+    def _lose(self, why: str, rid: str) -> None:
+        self.result.lost.append(f"{why} (id {rid})" if rid else why)
+        if rid:
+            self.result.lost_ids.append(rid)
+
+    def _answer(self, sock: socket.socket, reader: Reader, kind: str, rid: str = "") -> bool:
         try:
             response = reader.response()
         except (EOFError, OSError, AssertionError, ValueError) as error:
             with self.lock:
-                self.result.lost.append(f"{kind}: {type(error).__name__}: {error}")
+                self._lose(f"{kind}: {type(error).__name__}: {error}", rid)
             return False
         close = response.header("connection") == "close"
         with self.lock:
             if response.status != 200:
-                self.result.lost.append(f"{kind}: status {response.status}")
+                self._lose(f"{kind}: status {response.status}", rid)
                 return False
             self.result.ok += 1
             self.result.closes_announced += close

@@ -1,0 +1,94 @@
+"""Issue 8, "every worker gets its share": connections spread over the workers.
+
+64 keep-alive connections opened at once (all connected first, then one
+``GET /`` on each asking which worker holds it) must land within 0.4x-1.6x of
+64/W on every worker, with the default flags, WSGI and ASGI, 2 and 4 workers,
+in each of 3 rounds; and again after a worker was SIGKILLed and replaced, and
+after SIGTTIN added one. A worker that grabs a whole burst makes those clients
+wait on it while its siblings idle.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from http_support import Reader, connect
+from processes import wait_until
+from serve_support import ASGI_PID_APP, PID_APP, Server, StartServer, serving
+
+CONNECTIONS = 64
+ROUNDS = 3
+LOW, HIGH = 0.4, 1.6
+
+APPS = {"wsgi": PID_APP, "asgi": ASGI_PID_APP}
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[StartServer]:
+    yield from serving(tmp_path)
+
+
+def spread(port: int) -> Counter[int]:
+    """Open ``CONNECTIONS`` connections, then one GET / on each: requests per worker pid."""
+    counts: Counter[int] = Counter()
+    with ExitStack() as stack:
+        socks: list[socket.socket] = [
+            stack.enter_context(connect(port, timeout=10)) for _ in range(CONNECTIONS)
+        ]
+        for sock in socks:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        for sock in socks:
+            response = Reader(sock).response()
+            assert response.status == 200, response
+            counts[int(response.body.split()[0])] += 1
+    return counts
+
+
+def rounds(server: Server, phase: str) -> list[str]:
+    """``ROUNDS`` rounds of :func:`spread`; a line per round, and a failure line if unfair."""
+    workers = sorted(server.started().values())
+    fair = CONNECTIONS / len(workers)
+    lines = []
+    for n in range(1, ROUNDS + 1):
+        counts = spread(server.port)
+        shares = [counts[pid] for pid in workers]
+        line = f"{phase}, round {n}: {shares} (fair {fair:.0f} each)"
+        assert set(counts) <= set(workers), f"{line}: answered by {sorted(counts)}"
+        if not all(LOW * fair <= share <= HIGH * fair for share in shares):
+            line += f"  UNFAIR: outside {LOW * fair:.1f}..{HIGH * fair:.1f}"
+        lines.append(line)
+    return lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [2, 4])
+@pytest.mark.parametrize("kind", sorted(APPS))
+def test_every_worker_gets_its_share(serve: StartServer, kind: str, workers: int) -> None:
+    args = ["app:app", "--bind", "127.0.0.1:0", "-w", str(workers), "--no-access-log"]
+    server = serve(args, modules={"app": APPS[kind]})
+    server.wait_listening()
+    report = rounds(server, f"{workers} workers")
+
+    victim = server.started()[1]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: server.started()[1] != victim, 10, "worker 1 respawned")
+    assert server.answering_pids(workers) == set(server.started().values())
+    report += rounds(server, "after a SIGKILL")
+
+    server.send_signal(signal.SIGTTIN)
+    server.wait_for_log(f"one worker more, now {workers + 1}")
+    wait_until(lambda: workers + 1 in server.started(), 10, f"worker {workers + 1} started")
+    assert server.answering_pids(workers + 1) == set(server.started().values())
+    report += rounds(server, f"after SIGTTIN, {workers + 1} workers")
+
+    print(f"\n{kind}, {workers} workers:\n" + "\n".join(report))
+    unfair = [line for line in report if "UNFAIR" in line]
+    assert not unfair, "\n".join(report)
+    assert server.stop() == 0, server.output()

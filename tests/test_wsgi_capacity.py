@@ -1,0 +1,167 @@
+"""Issue 8, capacity-aware accepting: a WSGI worker takes no more than it can run.
+
+A WSGI worker runs ``--threads`` app calls at once (1 by default). A
+connection it accepts beyond that waits behind a blocking app while another
+worker sits idle, is lost with the worker if it is killed, and is answered 503
+only late if its event loop is stuck in app code. These tests hold the server
+to: idle workers get the new connections, ``--limit-concurrency`` rejects at
+once, a killed worker fails only the requests its app had started, and the
+event loop keeps its timers and signals while every app thread is busy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from http_support import Reader, connect, in_background, timed_get
+from processes import wait_until
+from serve_support import Load, Server, StartServer, serving
+
+# ``?seconds=S&id=N``: logs "PID N" to started.log as the call starts (one O_APPEND
+# write per request), notes its pid in busy.txt if the path is /busy, sleeps S seconds,
+# then answers its pid.
+BLOCKING_APP = """
+import os, time
+from urllib.parse import parse_qs
+
+def app(environ, start_response):
+    query = {k: v[0] for k, v in parse_qs(environ["QUERY_STRING"]).items()}
+    if "id" in query:
+        log = os.open("started.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(log, f"{os.getpid()} {query['id']}\\n".encode())
+        os.close(log)
+    if environ["PATH_INFO"] == "/busy":
+        with open("busy.txt", "a") as f:
+            f.write(f"{os.getpid()}\\n")
+    time.sleep(float(query.get("seconds", 0)))
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[StartServer]:
+    yield from serving(tmp_path)
+
+
+def start(serve: StartServer, workers: int, *args: str) -> Server:
+    argv = ["app:app", "--bind", "127.0.0.1:0", "-w", str(workers), "--no-access-log", *args]
+    server = serve(argv, modules={"app": BLOCKING_APP})
+    server.wait_listening()
+    return server
+
+
+def busy_pids(server: Server, count: int = 1) -> list[int]:
+    """Wait until ``count`` /busy calls started in the app; their workers' pids."""
+    path = server.directory / "busy.txt"
+    wait_until(
+        lambda: path.exists() and len(path.read_text().split()) >= count, 10, "/busy in the app"
+    )
+    return [int(pid) for pid in path.read_text().split()]
+
+
+def test_new_connections_go_to_the_idle_worker(serve: StartServer) -> None:
+    server = start(serve, 2)
+    busy, answers = in_background(server.port, "/busy?seconds=2")
+    (busy_pid,) = busy_pids(server)
+    results = [timed_get(server.port, "/") for _ in range(10)]
+    summary = [(status, round(took, 3), int(body)) for status, took, body in results]
+    print(f"\nworker {busy_pid} busy; 10 new connections: {summary}")
+    for status, took, body in results:
+        assert status == 200, summary
+        assert int(body) != busy_pid, f"answered by the busy worker: {summary}"
+        assert took < 0.1, f"a new connection waited {took:.3f}s: {summary}"
+    busy.join(10)
+    assert answers and answers[0][0] == 200, answers
+    assert server.stop() == 0, server.output()
+
+
+@pytest.mark.slow
+def test_limit_concurrency_rejects_at_once_what_is_over_the_limit(serve: StartServer) -> None:
+    server = start(serve, 2, "--limit-concurrency", "2")
+    barrier = threading.Barrier(16)
+    results: list[tuple[int, float]] = []
+    errors: list[str] = []
+
+    def one() -> None:
+        barrier.wait(10)
+        try:
+            status, took, _ = timed_get(server.port, "/?seconds=1.5", timeout=8)
+            results.append((status, took))
+        except (OSError, EOFError) as error:
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    ok = sorted(took for status, took in results if status == 200)
+    rejected = sorted(took for status, took in results if status == 503)
+    print(f"\n200 after {[round(t, 2) for t in ok]}\n503 after {[round(t, 2) for t in rejected]}")
+    assert all(took < 1.0 for took in rejected), f"a 503 came late: {rejected}"
+    assert not errors, f"{len(errors)} requests hung or failed: {errors}"
+    assert len(ok) + len(rejected) == 16, results  # nothing but 200 and 503
+    assert len(ok) >= 2, results
+    assert max(ok) < 6.0, f"a request hung: {ok}"
+    assert server.stop() == 0, server.output()
+
+
+@pytest.mark.slow
+def test_killing_a_worker_fails_only_the_requests_its_app_had_started(
+    serve: StartServer,
+) -> None:
+    server = start(serve, 2)
+    victim = server.started()[1]
+    with Load(server.port, clients=32, path="/?seconds=0.05", numbered=True) as load:
+        load.wait_ok(100)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: server.started()[1] != victim, 10, "worker 1 respawned")
+        seen = load.result.ok
+        load.wait_ok(seen + 100)
+        result = load.stop()
+    started_by_victim = set()
+    for line in (server.directory / "started.log").read_text().splitlines():
+        pid, rid = line.split()
+        if int(pid) == victim:
+            started_by_victim.add(rid)
+    never_started = sorted(set(result.lost_ids) - started_by_victim, key=int)
+    print(
+        f"\nSIGKILL of worker pid {victim}: sent={result.sent} ok={result.ok} "
+        f"failed={len(result.lost)} (of which never started by its app: {len(never_started)})"
+    )
+    assert not result.connect_errors, result.connect_errors
+    assert len(result.lost_ids) == len(result.lost), result.lost
+    assert never_started == [], f"failed but never started by the killed app: {result.lost}"
+    assert server.stop() == 0, server.output()
+
+
+@pytest.mark.slow
+def test_the_loop_keeps_timing_out_heads_and_handling_sigterm_while_the_app_blocks(
+    serve: StartServer,
+) -> None:
+    """One worker, its only app thread in a 4 s call: the 1 s header timeout still fires."""
+    server = start(serve, 1, "--header-timeout", "1")
+    slow = connect(server.port, timeout=10)
+    slow.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")  # half a head, never finished
+    began = time.monotonic()
+    busy, answers = in_background(server.port, "/busy?seconds=4")
+    busy_pids(server)
+    with slow:
+        response = Reader(slow).response()
+    took = time.monotonic() - began
+    print(f"\n408 after {took:.2f}s (header timeout 1 s, the app blocking for 4 s)")
+    assert response.status == 408
+    assert 0.9 <= took < 2.0, f"408 after {took:.2f}s"
+    assert busy.is_alive(), "the blocking call ended first: nothing was busy"
+    server.send_signal(signal.SIGTERM)
+    busy.join(10)
+    assert answers and answers[0][0] == 200, answers
+    assert server.wait(10) == 0, server.output()
