@@ -21,8 +21,12 @@ import mmap
 import os
 import time
 
-_FIELDS = 4  # pid, accepting (0/1), open connections, full since (µs, 0: not full)
-_PID, _ACCEPTING, _CONNECTIONS, _FULL_SINCE = range(_FIELDS)
+# pid, accepting (0/1), open connections, full since (µs, 0: not full), last beat (µs)
+_FIELDS = 5
+_PID, _ACCEPTING, _CONNECTIONS, _FULL_SINCE, _BEAT = range(_FIELDS)
+SILENT_FOR = 1.5
+"""A worker whose loop has not beaten this long (stuck in CPU-bound code) counts as
+not accepting: its siblings must not leave connections to it."""
 FULL_FOR = 0.05
 """A worker full (every app thread busy) this long counts as not accepting: shorter
 spells are just a fast request in progress, and must not make it look absent."""
@@ -63,6 +67,7 @@ class LoadBoard:
                 words[base + _ACCEPTING] = 0
                 words[base + _CONNECTIONS] = 0
                 words[base + _FULL_SINCE] = 0
+                words[base + _BEAT] = 0
                 words[base + _PID] = os.getpid()
                 if words[0] < index + 1:
                     words[0] = index + 1
@@ -74,12 +79,16 @@ class LoadBoard:
         used = self._words[0]
         figures = self._words[1 : 1 + used * _FIELDS].tolist()
         workers = connections = 0
-        full_before = int((time.monotonic() - FULL_FOR) * 1e6)
+        now = time.monotonic()
+        full_before = int((now - FULL_FOR) * 1e6)
+        silent_before = int((now - SILENT_FOR) * 1e6)
         for base in range(0, used * _FIELDS, _FIELDS):
             if figures[base + _ACCEPTING] and base + 1 != own and figures[base + _PID]:
                 full_since = figures[base + _FULL_SINCE]
                 if full_since and full_since < full_before:
                     continue  # busy for a while: it takes nothing now
+                if figures[base + _BEAT] < silent_before:
+                    continue  # its loop is stuck: it takes nothing now
                 workers += 1
                 connections += figures[base + _CONNECTIONS]
         return workers, connections
@@ -106,6 +115,8 @@ class Seat:
 
     def publish(self, connections: int, accepting: bool, full: bool) -> None:
         words, base = self._words, self._base
+        if not words[base + _BEAT]:
+            self.beat()
         words[base + _CONNECTIONS] = connections
         words[base + _ACCEPTING] = 1 if accepting else 0
         if full != (words[base + _FULL_SINCE] != 0):
@@ -122,6 +133,10 @@ class Seat:
         if workers == 0:
             return True
         return connections * (workers + 1) <= others + connections + slack * (workers + 1)
+
+    def beat(self) -> None:
+        """The worker's loop still turns (called a few times a second)."""
+        self._words[self._base + _BEAT] = int(time.monotonic() * 1e6)
 
     def release(self) -> None:
         """The worker stops accepting for good (drain): its figures count no more."""

@@ -39,7 +39,8 @@ _ACCEPT_BATCH = 64  # connections accepted per readable event before yielding to
 _ACCEPT_PAUSE = 0.5  # out of file descriptors: stop accepting this long
 _SHARE_SLACK = 1  # connections a worker may hold over the mean before it defers
 _SHARE_RECHECK = 0.002  # seconds between looks at the queue while over its share
-_SHARE_GRACE = 0.03  # over its share this long with the queue still full: take them
+_SHARE_GRACE = 0.25  # over its share this long with the queue still full: take them, one
+# per recheck (the others may just be short of CPU; a stuck one drops off the board)
 _FULL_RECHECK = 0.02  # with --limit-concurrency: looks at the queue while at capacity...
 _FULL_GRACE = 0.1  # ...and takes what nobody took within this (to answer it, or 503)
 
@@ -68,6 +69,7 @@ class HttpServer:
         self._seat = seat
         self._over_since = 0.0  # when this spell of deferring to siblings began
         self._over_seen = 0.0  # the last time we deferred
+        self._last_take = 0.0  # the last connection taken over our share
         self._on_tick_hook = on_tick
         self._capacity: Callable[[], int] | None = None
         if hasattr(handler, "capacity"):
@@ -206,25 +208,29 @@ class HttpServer:
                 return False
             # A limit asks for a quick 503 rather than a wait in the queue: once no
             # sibling took the queued connections for a while, take them and answer.
-            return self._defer(_FULL, _FULL_RECHECK, _FULL_GRACE)
+            return self._defer(_FULL, _FULL_RECHECK, _FULL_GRACE, one_by_one=False)
         seat = self._seat
         if seat is None:
             return True
         held = len(state.connections) + len(self._adopting)
         if seat.within_share(held, _SHARE_SLACK):
             return True
-        return self._defer(_OVER_SHARE, _SHARE_RECHECK, _SHARE_GRACE)
+        return self._defer(_OVER_SHARE, _SHARE_RECHECK, _SHARE_GRACE, one_by_one=True)
 
-    def _defer(self, why: str, recheck: float, grace: float) -> bool:
-        """Leave the queue to the siblings for now; True once it stayed full ``grace`` s."""
+    def _defer(self, why: str, recheck: float, grace: float, *, one_by_one: bool) -> bool:
+        """Leave the queue to the siblings for now; True once it stayed full ``grace`` s
+        (then, ``one_by_one``, for one connection per ``recheck``)."""
         loop = self.state.loop
         assert loop is not None
         now = loop.time()
         if now - self._over_seen > 2 * recheck + 0.01:
             self._over_since = now  # a new spell of deferring
         self._over_seen = now
-        if now - self._over_since >= grace:
-            return True  # the queue stayed full: the others are not taking them
+        if now - self._over_since >= grace and (not one_by_one or now - self._last_take >= recheck):
+            # The queue stayed full: the others are not taking them. One now, then
+            # look again, so that siblings short of CPU still get their part.
+            self._last_take = now
+            return True
         self._pause(why, recheck)
         return False
 
@@ -336,6 +342,8 @@ class HttpServer:
                 conn.check_timer(now)
         if self._paused == _FULL and self._has_room():
             self._resume_accepting()  # a backstop: room is normally noticed at once
+        if self._seat is not None:
+            self._seat.beat()
         if self._on_tick_hook is not None:
             self._on_tick_hook(now)
         self._schedule_tick()
