@@ -118,9 +118,17 @@ def test_limit_concurrency_rejects_at_once_what_is_over_the_limit(serve: StartSe
 def test_killing_a_worker_fails_only_the_requests_its_app_had_started(
     serve: StartServer,
 ) -> None:
+    """32 clients, a new connection per request (what gunicorn's sync worker sees).
+
+    Connections the victim had not taken yet stay in the kernel's queue for the
+    other worker. (With keep-alive, a request already sent on a connection the
+    victim held, queued behind its running one, is lost with it too: 1 such
+    request in a typical run; the kernel cannot hand that connection over.)
+    """
     server = start(serve, 2)
     victim = server.started()[1]
-    with Load(server.port, clients=32, path="/?seconds=0.05", numbered=True) as load:
+    load = Load(server.port, clients=32, path="/?seconds=0.05", numbered=True, fresh=True)
+    with load:
         load.wait_ok(100)
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: server.started()[1] != victim, 10, "worker 1 respawned")

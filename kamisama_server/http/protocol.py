@@ -56,6 +56,8 @@ _FORBIDDEN_TRAILERS = frozenset(
     )
 )
 _LINGER = 2.0  # seconds we keep reading (and dropping) after an error before closing
+_CLAIM = 0.01  # seconds a new connection's first request may take to start counting
+_SILENT_CLAIMS = 8  # this many claims in a row expired silent: claim nothing (slowloris)
 
 
 class _Stop(Exception):
@@ -115,6 +117,7 @@ class HttpProtocol(asyncio.Protocol):
         self.timer = _HEAD
         self.deadline = loop.time() + config.header_timeout
         self._max_head = config.max_head_bytes
+        self._claim: asyncio.TimerHandle | None = None  # see EngineState.claims
 
     # asyncio.Protocol -----------------------------------------------------
 
@@ -124,6 +127,11 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport
         state = self.state
         state.connections.add(self)
+        if state.claims_enabled and state.silent_claims < _SILENT_CLAIMS:
+            # A new connection's first request is on its way: it holds an app
+            # thread's place a moment, so a burst is not accepted all at once.
+            state.claims += 1
+            self._claim = self.loop.call_later(_CLAIM, self._claim_expired)
         if state.load_changed is not None:
             state.load_changed()
         self.client = _address(transport.get_extra_info("peername"))
@@ -138,6 +146,8 @@ class HttpProtocol(asyncio.Protocol):
         self.timer = _NO_TIMER
         state = self.state
         state.connections.discard(self)
+        if self._claim is not None:
+            self._release_claim()
         if state.load_changed is not None:
             state.load_changed()
         for waiter in self._write_waiters:
@@ -209,6 +219,9 @@ class HttpProtocol(asyncio.Protocol):
         if self._dead:
             # A response served inside this very feed closed the connection.
             raise _Stop
+        if self._claim is not None:
+            self.state.silent_claims = 0
+            self._release_claim()
         self._mid_head = True
         self._url = b""
         self._headers = []
@@ -560,6 +573,21 @@ class HttpProtocol(asyncio.Protocol):
         protocol.connection_made(transport)
         protocol.data_received(b"".join(parts))
         transport.set_protocol(protocol)
+
+    def _claim_expired(self) -> None:
+        """The first request did not come within the claim: a slow client, maybe many."""
+        state = self.state
+        state.silent_claims += 1
+        self._release_claim()
+        if state.load_changed is not None:
+            state.load_changed()
+
+    def _release_claim(self) -> None:
+        claim = self._claim
+        if claim is not None:
+            self._claim = None
+            claim.cancel()
+            self.state.claims -= 1
 
     def check_timer(self, now: float) -> None:
         """Called by the server's ticker: enforce header and keep-alive timeouts."""

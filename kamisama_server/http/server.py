@@ -75,6 +75,7 @@ class HttpServer:
         if hasattr(handler, "capacity"):
             self._capacity = lambda: handler.capacity
             state.load_changed = self._load_changed
+            state.claims_enabled = True
         elif seat is not None:
             state.load_changed = self._publish
         self._adopting: set[asyncio.Task[None]] = set()
@@ -202,7 +203,7 @@ class HttpServer:
         """Should this worker take the next queued connection now? (Else it pauses.)"""
         state = self.state
         capacity = self._capacity
-        if capacity is not None and state.inflight >= capacity():
+        if capacity is not None and self._load() >= capacity():
             if self.config.limit_concurrency is None:
                 self._pause(_FULL)  # until a request ends
                 return False
@@ -234,9 +235,14 @@ class HttpServer:
         self._pause(why, recheck)
         return False
 
+    def _load(self) -> int:
+        """Requests in flight, plus new connections whose first request is on its way."""
+        state = self.state
+        return state.inflight + state.claims + len(self._adopting)
+
     def _has_room(self) -> bool:
         capacity = self._capacity
-        return capacity is None or self.state.inflight < capacity()
+        return capacity is None or self._load() < capacity()
 
     def _load_changed(self) -> None:
         """Requests in flight or connections changed: publish; resume if room again."""

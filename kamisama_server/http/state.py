@@ -65,6 +65,12 @@ class EngineState:
         self.tasks: set[asyncio.Task[None]] = set()
         self.inflight = 0  # requests whose handler runs (or waits for an app thread)
         self.deferred = 0  # of them, those an adapter took without a task (DEFERRED)
+        # New connections whose first request has not started yet, counted against
+        # capacity while claims_enabled (a server with capacity: WSGI) for _CLAIM
+        # seconds; after a run of silent ones (slow clients) no more are counted.
+        self.claims_enabled = False
+        self.claims = 0
+        self.silent_claims = 0
         # Set by the server: called when connections or requests in flight change.
         self.load_changed: Callable[[], None] | None = None
         self.total_requests = 0
