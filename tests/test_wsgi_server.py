@@ -318,17 +318,17 @@ def test_call_iteration_and_close_run_on_one_app_thread_with_no_loop() -> None:
         return Body()
 
     adapter = WSGIAdapter(streaming_app, threads=1)
-    with BackgroundServer(adapter, HttpConfig(access_log=False)) as srv:
-        with httpx.Client(base_url=srv.url) as client:
-            for i in range(3):
-                seen.clear()
-                assert client.get(f"/s?r{i}").text == "ab"
-                wait_until(lambda: len(seen) == 4, 5.0, "close()")
-                assert [step for step, *_ in seen] == ["call", "next", "next", "close"]
-                assert len({tid for _, tid, _, _ in seen}) == 1
-                assert threading.get_ident() not in {tid for _, tid, _, _ in seen}
-                assert not any(loop for _, _, loop, _ in seen)
-                assert {value for *_, value in seen} == {f"r{i}"}
+    config = HttpConfig(access_log=False)
+    with BackgroundServer(adapter, config) as srv, httpx.Client(base_url=srv.url) as client:
+        for i in range(3):
+            seen.clear()
+            assert client.get(f"/s?r{i}").text == "ab"
+            wait_until(lambda: len(seen) == 4, 5.0, "close()")
+            assert [step for step, *_ in seen] == ["call", "next", "next", "close"]
+            assert len({tid for _, tid, _, _ in seen}) == 1
+            assert threading.get_ident() not in {tid for _, tid, _, _ in seen}
+            assert not any(loop for _, _, loop, _ in seen)
+            assert {value for *_, value in seen} == {f"r{i}"}
     adapter.close()
 
 
