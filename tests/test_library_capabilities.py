@@ -269,3 +269,71 @@ sys.exit(kamisama(workers=2, run=run, on_sibling=on_sibling, lend_fds=lend_fds))
     master.wait_for_output("worker 1 got lent by the master for 2")
     master.signal_master(signal.SIGTERM)
     assert master.wait() == 0
+
+
+def test_a_worker_whose_loop_stops_beating_is_dumped_and_replaced(script):
+    """``heartbeat_timeout``: a CPU-bound async run is noticed, its stack logged, replaced."""
+    master = script(
+        PRELUDE
+        + """
+async def run(id):
+    print(f"pid {id} {os.getpid()}")
+    await asyncio.sleep(0.5)
+    if id == 1 and not os.path.exists("stuck"):  # only the first worker of slot 1
+        open("stuck", "w").close()
+        spin_without_yielding(60.0)
+    while True:
+        await asyncio.sleep(1)
+
+def spin_without_yielding(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+def shutdown(id, signal):
+    print(f"hook {id} {signal}")
+
+sys.exit(kamisama(workers=2, run=run, shutdown=shutdown, timeout=1.0, heartbeat_timeout=1.0))
+"""
+    )
+    first = wait_until(lambda: master.worker_pids().get(1), 10, "worker 1")
+    master.wait_for_log(f"worker 1 (pid {first}): no heartbeat for", timeout=10)
+    master.wait_for_log("spin_without_yielding", timeout=10)  # faulthandler's dump
+    master.wait_for_log(f"worker 1 (pid {first}) is replaced: its event loop is stuck")
+    wait_until(lambda: master.worker_pids()[1] != first, 10, "a successor for slot 1")
+    master.wait_for_log(f"worker 1 (pid {first}) killed after timeout 1.0s", timeout=10)
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0, master.output
+    assert master.err.count("worker 2 (pid") == 2, master.err  # started, shut down: untouched
+
+
+def test_request_replacement_starts_a_successor_then_drains_the_worker(script):
+    master = script(
+        PRELUDE
+        + """
+from kamisama_server import request_replacement
+
+replaced = False
+
+def run(id):
+    print(f"pid {id} {os.getpid()}")
+    if id == 2 and not os.path.exists("asked"):
+        open("asked", "w").close()
+        request_replacement("it asked")
+        request_replacement("it asked twice")  # one successor all the same
+
+def shutdown(id, signal):
+    print(f"hook {id} {signal} {os.getpid()}")
+
+sys.exit(kamisama(workers=2, run=run, shutdown=shutdown))
+"""
+    )
+    master.wait_for_log("is replaced: it asked")
+    first = int(re.search(r"worker 2 \(pid (\d+)\) is replaced: it asked", master.err)[1])
+    master.wait_for_output(f"hook 2 SIGUSR1 {first}")
+    second = master.worker_pids()[2]
+    assert second != first
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0, master.output
+    assert master.err.count("is replaced") == 1, master.err
+    assert f"hook 2 SIGTERM {second}" in master.out
