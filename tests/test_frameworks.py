@@ -88,6 +88,20 @@ def test_django_wsgi_view_uses_the_database(serve: StartServer, tmp_path: Path) 
     assert server.stop() == 0, server.output()
 
 
+def test_django_keeps_one_database_connection_per_app_thread(
+    serve: StartServer, tmp_path: Path
+) -> None:
+    """CONN_MAX_AGE=None: Django keeps its connection in a ContextVar-backed local,
+    so the app thread must keep its context from one request to the next."""
+    server = start(serve, "djsite:application", DJANGO, env=notes_db(tmp_path, "a"))
+    seen: dict[str, set[str]] = {}
+    for _ in range(ROUNDS):
+        pid, conn = server.get("/conn").text.split()
+        seen.setdefault(pid, set()).add(conn)
+    assert all(len(conns) == 1 for conns in seen.values()), seen
+    assert server.stop() == 0, server.output()
+
+
 def test_django_module_that_queries_the_database_at_import_starts(
     serve: StartServer, tmp_path: Path
 ) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import sys
 import threading
@@ -140,7 +139,7 @@ class WSGIAdapter:
     def _submit(self, call: WsgiCall) -> None:
         self.running.add(call)
         if self.threads > 1:
-            self._pool.submit(lambda: _run(call))
+            self._pool.submit(call.run)
             return
         # One app thread: hand the calls of one loop iteration over together, so
         # the thread and the loop trade the GIL once per batch, not per request.
@@ -256,15 +255,13 @@ class WSGIAdapter:
             self._finish(call, None)
 
 
-def _run(call: WsgiCall) -> None:
-    # A fresh context per call: ContextVars set by one request never leak into
-    # the next one on the same thread, and they last for the whole call.
-    contextvars.Context().run(call.run)
-
-
 def _run_all(calls: list[WsgiCall]) -> None:
+    # Each call runs in its thread's own context, as in every threaded WSGI
+    # server: Django keeps a thread's database connection in a ContextVar-backed
+    # local across requests (CONN_MAX_AGE); a fresh context per call would open
+    # a new connection for every request.
     for call in calls:
-        contextvars.Context().run(call.run)
+        call.run()
 
 
 async def _make_input(

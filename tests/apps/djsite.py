@@ -20,7 +20,13 @@ settings.configure(
     ROOT_URLCONF=__name__,
     INSTALLED_APPS=["notes"],
     MIDDLEWARE=[],
-    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["NOTES_DB"]}},
+    DATABASES={
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ["NOTES_DB"],
+            "CONN_MAX_AGE": None,  # one connection per thread, kept across requests
+        }
+    },
 )
 django.setup()
 
@@ -46,7 +52,13 @@ async def async_notes(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"async count={count} first={first and first.text}")
 
 
-urlpatterns = [path("", notes), path("async", async_notes)]
+def which_connection(request: HttpRequest) -> HttpResponse:
+    """The worker's pid and the identity of this thread's database connection."""
+    connection.ensure_connection()
+    return HttpResponse(f"{os.getpid()} {id(connection.connection)}")
+
+
+urlpatterns = [path("", notes), path("async", async_notes), path("conn", which_connection)]
 
 application = get_wsgi_application()
 asgi_application = get_asgi_application()
