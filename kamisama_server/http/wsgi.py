@@ -256,10 +256,9 @@ class WSGIAdapter:
 
 
 def _run_all(calls: list[WsgiCall]) -> None:
-    # Each call runs in its thread's own context, as in every threaded WSGI
-    # server: Django keeps a thread's database connection in a ContextVar-backed
-    # local across requests (CONN_MAX_AGE); a fresh context per call would open
-    # a new connection for every request.
+    # Each call runs in its thread's own context, as in other threaded WSGI
+    # servers (a ContextVar set in a call stays visible through its iteration
+    # and close(), which run here too).
     for call in calls:
         call.run()
 

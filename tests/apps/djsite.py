@@ -33,6 +33,7 @@ django.setup()
 from django.core.asgi import get_asgi_application
 from django.core.wsgi import get_wsgi_application
 from django.db import connection
+from django.db.backends.signals import connection_created
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from notes.models import Note
@@ -52,10 +53,20 @@ async def async_notes(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"async count={count} first={first and first.text}")
 
 
+OPENED = []  # one entry per database connection this process opened
+
+
+def _count_opened(sender: object, **kwargs: object) -> None:
+    OPENED.append(1)
+
+
+connection_created.connect(_count_opened)
+
+
 def which_connection(request: HttpRequest) -> HttpResponse:
-    """The worker's pid and the identity of this thread's database connection."""
+    """The worker's pid and how many database connections it has opened so far."""
     connection.ensure_connection()
-    return HttpResponse(f"{os.getpid()} {id(connection.connection)}")
+    return HttpResponse(f"{os.getpid()} {len(OPENED)}")
 
 
 urlpatterns = [path("", notes), path("async", async_notes), path("conn", which_connection)]
