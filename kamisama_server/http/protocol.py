@@ -638,7 +638,11 @@ class HttpProtocol(asyncio.Protocol):
             if self.reading_paused:
                 self.reading_paused = False
                 transport.resume_reading()
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is gone already (ENOTCONN): nothing to linger for
+                transport.abort()
+                return
             self.loop.call_later(_LINGER, transport.close)
         else:
             transport.close()

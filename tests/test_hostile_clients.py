@@ -1,0 +1,178 @@
+"""Hostile clients against the real server, WSGI and ASGI: nothing leaks, nothing hangs.
+
+Each attack runs for a bounded count and time against ``kamisama-serve`` on
+127.0.0.1 and checks the outcome from outside: the worker's descriptors
+(``/proc/PID/fd``) and resident size (``/proc/PID/status``), how soon the
+attacking connections are cut, and that good clients are served alongside
+(their share and latency are printed; run with ``-s`` to see them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from http_support import Reader, connect
+from processes import wait_until
+from serve_support import Server, StartServer, serving
+
+from kamisama_server.http.background import BackgroundServer
+from kamisama_server.http.wsgi import WSGIAdapter
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+
+APP = """
+import asyncio, os
+
+BIG = b"x" * 65536
+
+
+def wsgi(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/die":
+        os._exit(1)
+    if path == "/echo":
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/big":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (BIG for _ in range(4096))
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+
+async def asgi(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+    path = scope["path"]
+    if path == "/die":
+        os._exit(1)
+    body = b"ok"
+    if path == "/echo":
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    if path == "/big":
+        await send(start)
+        for _ in range(4096):
+            await send({"type": "http.response.body", "body": BIG, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    start["headers"] = [(b"content-length", str(len(body)).encode())]
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
+"""
+
+INTERFACES = ("wsgi", "asgi")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[StartServer]:
+    yield from serving(tmp_path)
+
+
+def start(serve: StartServer, interface: str, *flags: str, workers: int = 1) -> Server:
+    """One server for ``interface`` on a free port; waits until it listens."""
+    args = [f"hostile_app:{interface}", "-b", "127.0.0.1:0", "-w", str(workers), *flags]
+    server = serve(args, modules={"hostile_app": APP})
+    server.wait_listening()
+    assert good(server.port), server.output()
+    return server
+
+
+def worker_pid(server: Server) -> int:
+    (pid,) = server.started().values()
+    return pid
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def good(port: int, path: str = "/", timeout: float = 5.0) -> bool:
+    """One request on a fresh connection; True if answered 200."""
+    try:
+        with connect(port, timeout) as sock:
+            sock.sendall(b"GET %b HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+            return Reader(sock).response().status == 200
+    except (OSError, EOFError, AssertionError, ValueError):
+        return False
+
+
+def aborted_uploads(port: int, count: int) -> None:
+    """``count`` clients announce a 1 MB body, send one byte of it, and close."""
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\nx")
+
+
+def settles_at(count: Callable[[], int], baseline: int, timeout: float) -> int:
+    """Wait until ``count()`` is back to ``baseline`` or below; the last value seen."""
+    seen = [count()]
+
+    def back() -> bool:
+        seen.append(count())
+        return seen[-1] <= baseline
+
+    with contextlib.suppress(AssertionError):
+        wait_until(back, timeout, "the count to come back")
+    return seen[-1]
+
+
+# 1. Aborted uploads ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interface", INTERFACES)
+def test_aborted_uploads_leave_no_descriptor_behind(serve: StartServer, interface: str) -> None:
+    server = start(serve, interface)
+    pid = worker_pid(server)
+    baseline = fd_count(pid)
+    aborted_uploads(server.port, 50)
+    # Each connection may linger 2 s after its 400 before it is closed.
+    after = settles_at(lambda: fd_count(pid), baseline, timeout=8.0)
+    print(f"\n{interface}: worker descriptors {baseline} before, {after} after 50 aborted uploads")
+    assert after <= baseline, server.output()
+    assert "Exception in app" not in server.err
+    assert good(server.port)
+
+
+def test_aborted_uploads_on_the_asyncio_loop_close_every_transport() -> None:
+    """The same attack in process, on asyncio's own loop, whose ``write_eof`` raises
+    ENOTCONN for a peer that is gone (uvloop reports it to the transport instead)."""
+
+    def app(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+        body = environ["wsgi.input"].read()  # type: ignore[attr-defined]
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    with BackgroundServer(WSGIAdapter(app)) as srv:
+        assert good(srv.port)
+        baseline = fd_count(os.getpid())
+        aborted_uploads(srv.port, 50)
+        assert srv.server is not None
+        state = srv.server.state
+        wait_until(lambda: not state.connections, 8.0, "every connection to close")
+        after = settles_at(lambda: fd_count(os.getpid()), baseline, timeout=8.0)
+        assert after <= baseline
