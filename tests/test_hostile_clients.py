@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from http_support import Reader, connect
+from http_support import Reader, connect, stream_until_answered
 from processes import wait_until
 from serve_support import Server, StartServer, serving
 
@@ -111,6 +111,13 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 def good(port: int, path: str = "/", timeout: float = 5.0) -> bool:
     """One request on a fresh connection; True if answered 200."""
     try:
@@ -176,3 +183,21 @@ def test_aborted_uploads_on_the_asyncio_loop_close_every_transport() -> None:
         wait_until(lambda: not state.connections, 8.0, "every connection to close")
         after = settles_at(lambda: fd_count(os.getpid()), baseline, timeout=8.0)
         assert after <= baseline
+
+
+# 3. Endless trailers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interface", INTERFACES)
+def test_endless_trailers_are_cut_with_431(serve: StartServer, interface: str) -> None:
+    server = start(serve, interface)
+    pid = worker_pid(server)
+    before = rss_kib(pid)
+    head = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n"
+    fields = b"".join(b"X-Trailer-%d: %s\r\n" % (i, b"v" * 60) for i in range(64))
+    status, sent = stream_until_answered(server.port, head, fields, 64 * 1024 * 1024)
+    grown = rss_kib(pid) - before
+    print(f"\n{interface}: 431 after {sent} bytes of trailers, worker RSS +{grown} KiB")
+    assert status == 431
+    assert grown < 16 * 1024
+    assert good(server.port)

@@ -25,8 +25,8 @@ from .exchange import ClientDisconnected, RequestBodyError, RequestBodyTooLarge,
 from .exchange_impl import HttpExchange
 from .state import EngineState, access_log, error_log
 
-# What the per-connection timer is waiting for.
-_NO_TIMER, _IDLE, _HEAD = 0, 1, 2
+# What the per-connection timer is waiting for (_TRAILERS: the end of a chunked body's trailers).
+_NO_TIMER, _IDLE, _HEAD, _TRAILERS = 0, 1, 2, 3
 
 _METHODS = {
     m.encode(): m
@@ -104,6 +104,13 @@ class HttpProtocol(asyncio.Protocol):
         self._host_seen = False
         self._type_seen = False
         self._ws_request: tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None = None
+        # Chunked framing: trailers seen, a chunk opened and no data of it yet (the last
+        # chunk's trailers follow), a callback since the feed began, framing bytes fed
+        # in a row without any callback (an endless chunk line or trailer field).
+        self._trailers = 0
+        self._chunk_open = False
+        self._moved = False
+        self._frame_bytes = 0
         # Timer, checked by HttpServer's ticker.
         self.timer = _HEAD
         self.deadline = loop.time() + config.header_timeout
@@ -144,6 +151,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
+        self._moved = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -164,8 +172,11 @@ class HttpProtocol(asyncio.Protocol):
             status = 505 if message == "Invalid HTTP version" else 400
             self._on_bad_input(status, message)
         else:
-            if self._in_head and self._head_bytes > self._max_head:
-                self._on_bad_input(431, "Request Header Fields Too Large")
+            if self._in_head:
+                if self._head_bytes > self._max_head:
+                    self._on_bad_input(431, "Request Header Fields Too Large")
+            elif self._chunked and self.parsing is not None:
+                self._check_framing(len(data))
 
     def eof_received(self) -> bool | None:
         # The client half-closed: answer what it sent, then close.
@@ -218,7 +229,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._mid_head:
-            self._on_trailer(name)
+            self._on_trailer(name, value)
             return
         config = self.config
         headers = self._headers
@@ -250,10 +261,54 @@ class HttpProtocol(asyncio.Protocol):
                 self._type_seen = True
         headers.append((name, value))
 
-    def _on_trailer(self, name: bytes) -> None:
-        """Trailer fields are not passed on; those that could smuggle framing are refused."""
+    def _on_trailer(self, name: bytes, value: bytes) -> None:
+        """Trailer fields are not passed on, but limited as header fields are (431).
+
+        Those that could smuggle framing are refused (400).
+        """
+        self._moved = True
+        config = self.config
+        self._trailers += 1
+        if config.limit_request_fields and self._trailers > config.limit_request_fields:
+            raise _Reject(431, "Too many request trailer fields")
+        size = config.limit_request_field_size
+        if size and len(name) + len(value) + 4 > size:
+            raise _Reject(431, "Request trailer field too large")
         if name.lower() in _FORBIDDEN_TRAILERS:
             raise _Reject(400, "Forbidden trailer field")
+
+    def on_chunk_header(self) -> None:
+        self._moved = True
+        self._chunk_open = True
+
+    def on_chunk_complete(self) -> None:
+        self._moved = True
+        self._chunk_open = False
+
+    def _check_framing(self, fed: int) -> None:
+        """After a feed inside a chunked body: bound chunk lines and trailers.
+
+        Body bytes, a complete chunk line or trailer field each make a callback.
+        Parsers keep no position, so what is measured is whole feeds without
+        one: over ``limit_request_field_size`` of them in a row is an endless
+        chunk extension (400) or trailer field (431). A chunk opened with no
+        data after it is the last one, whose trailers must end within
+        ``header_timeout``, as a head must.
+        """
+        if self._moved:
+            self._frame_bytes = 0
+        else:
+            self._frame_bytes += fed
+            limit = self.config.limit_request_field_size or self._max_head
+            if self._frame_bytes > limit:
+                if self._chunk_open:
+                    self._on_bad_input(431, "Request trailer field too large")
+                else:
+                    self._on_bad_input(400, "Chunk line too long")
+                return
+        if self._chunk_open and self.timer == _NO_TIMER:
+            self.timer = _TRAILERS
+            self.deadline = self.loop.time() + self.config.header_timeout
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -330,6 +385,10 @@ class HttpProtocol(asyncio.Protocol):
                 self.update_reading()
 
     def on_body(self, body: bytes) -> None:
+        self._moved = True
+        if self.timer == _TRAILERS:
+            self.timer = _NO_TIMER  # it was a chunk's data that was late, not trailers
+        self._chunk_open = False
         exchange = self.parsing
         if exchange is None:
             return
@@ -342,6 +401,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        self._moved = True
+        self._chunk_open = False
+        self._trailers = 0
+        self._frame_bytes = 0
+        if self.timer == _TRAILERS:
+            self.timer = _NO_TIMER
         exchange = self.parsing
         if exchange is not None:
             self.parsing = None
@@ -487,9 +552,7 @@ class HttpProtocol(asyncio.Protocol):
         if exchange is not None:
             # The error is in this request's body: its reader gets it (400/413 or a close).
             self.parsing = None
-            exchange.fail(
-                RequestBodyTooLarge(reason) if status == 413 else RequestBodyError(reason)
-            )
+            exchange.fail(_body_error(status, reason))
             if exchange.finished:
                 self._close(linger=True)
             elif self.reading_paused:
@@ -542,6 +605,8 @@ class HttpProtocol(asyncio.Protocol):
         if timer == _HEAD and self._mid_head and self.exchange is None:
             self._dead = True
             self._send_error(408, "Request Timeout")
+        elif timer == _TRAILERS and self.parsing is not None:
+            self._on_bad_input(408, "Request trailers timeout")
         else:
             self._close()
 
@@ -646,6 +711,16 @@ class HttpProtocol(asyncio.Protocol):
             self.loop.call_later(_LINGER, transport.close)
         else:
             transport.close()
+
+
+def _body_error(status: int, reason: str) -> RequestBodyError:
+    """What a reader of the failed body gets; ``status`` is the answer if none went out yet."""
+    if status == 413:
+        return RequestBodyTooLarge(reason)
+    error = RequestBodyError(reason)
+    if status != RequestBodyError.status:
+        error.status = status
+    return error
 
 
 def _address(value: Any) -> tuple[str, int] | None:
