@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -201,3 +203,85 @@ def test_endless_trailers_are_cut_with_431(serve: StartServer, interface: str) -
     assert status == 431
     assert grown < 16 * 1024
     assert good(server.port)
+
+
+# 4. A query of death ----------------------------------------------------------------------
+
+
+class GoodClients:
+    """``count`` threads sending ``GET /`` on fresh connections until stopped: served
+    or not, and how long each took."""
+
+    def __init__(self, port: int, count: int = 2, most: int = 5000) -> None:
+        self.port = port
+        self.most = most
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(count)]
+
+    def __enter__(self) -> GoodClients:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(15)
+
+    def _run(self) -> None:
+        for _ in range(self.most):
+            if self.stopping.is_set():
+                return
+            began = time.monotonic()
+            ok = good(self.port, timeout=5.0)
+            with self.lock:
+                if ok:
+                    self.latencies.append(time.monotonic() - began)
+                else:
+                    self.failed += 1
+            self.stopping.wait(0.005)
+
+    def report(self, what: str) -> float:
+        """Print the share served and the latencies; return the share."""
+        with self.lock:
+            served, failed = len(self.latencies), self.failed
+            ordered = sorted(self.latencies) or [0.0]
+        share = served / max(1, served + failed)
+        p50, worst = ordered[len(ordered) // 2], ordered[-1]
+        print(
+            f"\n{what}: good clients served {served}/{served + failed} ({share:.1%}), "
+            f"p50 {p50 * 1000:.1f} ms, max {worst * 1000:.0f} ms"
+        )
+        return share
+
+
+def query_of_death(port: int) -> None:
+    """A request that kills the worker serving it."""
+    errors = (OSError, EOFError, AssertionError, ValueError)
+    with contextlib.suppress(*errors), connect(port, 2.0) as sock:
+        sock.sendall(b"GET /die HTTP/1.1\r\nHost: t\r\n\r\n")
+        Reader(sock).response()
+
+
+@pytest.mark.parametrize("interface", INTERFACES)
+def test_a_query_of_death_every_300ms_leaves_the_server_serving(
+    serve: StartServer, interface: str
+) -> None:
+    server = start(serve, interface, "--timeout", "3", workers=2)
+    with GoodClients(server.port) as clients:
+        for _ in range(10):  # 3 s of attack
+            query_of_death(server.port)
+            time.sleep(0.3)  # the attacker's pace, not a wait for the server
+        ended = time.monotonic()
+        answered = good(server.port, timeout=2.0)
+        first_answer = time.monotonic() - ended
+    share = clients.report(f"{interface}, a worker killed every 0.3 s")
+    print(f"{interface}: first answer {first_answer * 1000:.0f} ms after the attack")
+    deaths = server.err.count("exited with code 1")
+    assert deaths >= 8, server.output()
+    assert share >= 0.9
+    assert answered and first_answer < 0.2
+    assert server.stop() == 0, server.output()
