@@ -111,6 +111,10 @@ class HttpProtocol(asyncio.Protocol):
         self._chunk_open = False
         self._moved = False
         self._frame_bytes = 0
+        # What was fed, for the request line check (see _check_request_line).
+        self._feed = b""
+        self._feed_pos = 0
+        self._line_tail: bytes | None = None
         # Timer, checked by HttpServer's ticker.
         self.timer = _HEAD
         self.deadline = loop.time() + config.header_timeout
@@ -152,6 +156,7 @@ class HttpProtocol(asyncio.Protocol):
         if self._in_head:
             self._head_bytes += len(data)
         self._moved = False
+        self._feed, self._feed_pos = data, 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -175,8 +180,16 @@ class HttpProtocol(asyncio.Protocol):
             if self._in_head:
                 if self._head_bytes > self._max_head:
                     self._on_bad_input(431, "Request Header Fields Too Large")
+                elif self._mid_head:
+                    self._keep_line_tail(data)
             elif self._chunked and self.parsing is not None:
                 self._check_framing(len(data))
+
+    def _keep_line_tail(self, data: bytes) -> None:
+        """A head goes on in the next feed: keep where its request line may be."""
+        keep = (self.config.limit_request_line or 8190) + 16
+        tail = self._line_tail
+        self._line_tail = data[-keep:] if tail is None else (tail + data)[-keep:]
 
     def eof_received(self) -> bool | None:
         # The client half-closed: answer what it sent, then close.
@@ -209,6 +222,7 @@ class HttpProtocol(asyncio.Protocol):
             # A response served inside this very feed closed the connection.
             raise _Stop
         self._mid_head = True
+        self._line_tail = None
         self._url = b""
         self._headers = []
         self._content_length = None
@@ -246,6 +260,8 @@ class HttpProtocol(asyncio.Protocol):
             if name == b"content-length":
                 self._content_length = int(value)  # llhttp validated the digits
             elif name == b"transfer-encoding":
+                if value.lower() != b"chunked":  # a coding we cannot decode (RFC 9112 6.1)
+                    raise _Reject(400, "Unsupported Transfer-Encoding")
                 self._chunked = True
             elif name == b"expect":
                 self._expect = value.lower() == b"100-continue"
@@ -347,6 +363,8 @@ class HttpProtocol(asyncio.Protocol):
             except httptools.HttpParserInvalidURLError:
                 raise _Reject(400, "Invalid request target") from None
             path, query = parsed.path or b"/", parsed.query or b""
+            _use_target_host(self._headers, parsed.host, parsed.port)
+        self._check_request_line(raw_method, url)
         headers = self._headers
         client, scheme = self.client, self.scheme
         proxies = self.state.proxies
@@ -383,6 +401,25 @@ class HttpProtocol(asyncio.Protocol):
             self.pipeline.append(exchange)
             if len(self.pipeline) >= config.pipeline_depth:
                 self.update_reading()
+
+    def _check_request_line(self, method: bytes, url: bytes) -> None:
+        """One space, exactly, between method, target and version (RFC 9112 3).
+
+        llhttp skips extra spaces and gives no byte positions, so the line it
+        parsed is looked for in what was fed: where the head began in an earlier
+        feed than this one, in that feed's kept tail. Not found there means extra
+        spaces (400); a head whose line is further back than the tail goes
+        unchecked. h11 refuses extra spaces itself.
+        """
+        line = b"%b %b HTTP/" % (method, url)
+        feed = self._feed
+        found = feed.find(line, self._feed_pos)
+        if found >= 0:
+            self._feed_pos = found + len(line)
+            return
+        tail, self._line_tail = self._line_tail, None
+        if tail is None or (len(tail) > len(line) and (tail + feed).find(line) < 0):
+            raise _Reject(400, "Invalid request line")
 
     def on_body(self, body: bytes) -> None:
         self._moved = True
@@ -711,6 +748,18 @@ class HttpProtocol(asyncio.Protocol):
             self.loop.call_later(_LINGER, transport.close)
         else:
             transport.close()
+
+
+def _use_target_host(headers: list[tuple[bytes, bytes]], host: bytes | None, port: Any) -> None:
+    """An absolute-form target names the host: it replaces ``Host`` (RFC 9112 3.2.2)."""
+    if not host:
+        return
+    authority = host if not port else b"%b:%d" % (host, int(port))
+    for index, (name, _) in enumerate(headers):
+        if name == b"host":
+            headers[index] = (b"host", authority)
+            return
+    headers.append((b"host", authority))
 
 
 def _body_error(status: int, reason: str) -> RequestBodyError:
