@@ -43,7 +43,7 @@ def wsgi(environ, start_response):
         return [body]
     if path == "/big":
         start_response("200 OK", [("Content-Type", "text/plain")])
-        return (BIG for _ in range(4096))
+        return (BIG for _ in range(1024))
     start_response("200 OK", [("Content-Length", "2")])
     return [b"ok"]
 
@@ -78,7 +78,7 @@ async def asgi(scope, receive, send):
     start = {"type": "http.response.start", "status": 200, "headers": []}
     if path == "/big":
         await send(start)
-        for _ in range(4096):
+        for _ in range(1024):
             await send({"type": "http.response.body", "body": BIG, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
@@ -111,6 +111,28 @@ def worker_pid(server: Server) -> int:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def held_connections(pid: int, port: int) -> int:
+    """TCP connections to ``port`` (not the listening socket) among ``pid``'s descriptors."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] != "0A":  # 0A: LISTEN
+            inodes.add(fields[9])
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            held += link.startswith("socket:[") and link[8:-1] in inodes
+    return held
+
+
+def quiet_fd_count(server: Server, pid: int) -> int:
+    """The worker's descriptors once it holds no client connection (the baseline)."""
+    wait_until(lambda: held_connections(pid, server.port) == 0, 10.0, "no connection held")
+    return fd_count(pid)
 
 
 def rss_kib(pid: int) -> int:
@@ -157,7 +179,7 @@ def settles_at(count: Callable[[], int], baseline: int, timeout: float) -> int:
 def test_aborted_uploads_leave_no_descriptor_behind(serve: StartServer, interface: str) -> None:
     server = start(serve, interface)
     pid = worker_pid(server)
-    baseline = fd_count(pid)
+    baseline = quiet_fd_count(server, pid)
     aborted_uploads(server.port, 50)
     # Each connection may linger 2 s after its 400 before it is closed.
     after = settles_at(lambda: fd_count(pid), baseline, timeout=8.0)
@@ -285,3 +307,82 @@ def test_a_query_of_death_every_300ms_leaves_the_server_serving(
     assert share >= 0.9
     assert answered and first_answer < 0.2
     assert server.stop() == 0, server.output()
+
+
+# 2. Stalled clients -----------------------------------------------------------------------
+
+STALL = ("--stall-timeout", "1", "--header-timeout", "1")
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closes ``sock`` (reading and dropping what comes), or None."""
+    began = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - began < seconds:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - began
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - began
+    return None
+
+
+def upload_is_served(port: int, size: int = 1_000_000) -> bool:
+    """A whole upload the app reads in a thread (WSGI): answered with its length."""
+    with connect(port, 10.0) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+        sock.sendall(b"u" * size)
+        response = Reader(sock).response()
+        return response.status == 200 and len(response.body) == size
+
+
+@pytest.mark.parametrize("interface", INTERFACES)
+def test_a_stalled_upload_is_cut_after_the_stall_timeout(
+    serve: StartServer, interface: str
+) -> None:
+    server = start(serve, interface, *STALL)
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n")
+        sock.sendall(b"x" * 1000)  # then nothing: the app waits in its read
+        assert good(server.port)  # served alongside
+        cut = closed_within(sock, 5.0)
+    print(f"\n{interface}: stalled upload cut after {cut} s (--stall-timeout 1)")
+    assert cut is not None and cut < 3.0
+    # The app's reader got an error and let its thread go: an upload is served again.
+    assert upload_is_served(server.port)
+
+
+@pytest.mark.parametrize("interface", INTERFACES)
+def test_a_client_that_does_not_read_is_cut_after_the_stall_timeout(
+    serve: StartServer, interface: str
+) -> None:
+    server = start(serve, interface, *STALL)
+    pid = worker_pid(server)
+    quiet_fd_count(server, pid)
+    with connect(server.port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")  # 64 MiB it never reads
+        began = time.monotonic()
+        wait_until(lambda: held_connections(pid, server.port), 5.0, "the connection accepted")
+        assert good(server.port)
+        after = settles_at(lambda: held_connections(pid, server.port), 0, timeout=5.0)
+        cut = time.monotonic() - began
+    print(f"\n{interface}: a client not reading 64 MiB cut after {cut:.1f} s (--stall-timeout 1)")
+    assert after == 0 and cut < 4.0
+    assert upload_is_served(server.port)  # the app's writer was stopped, its thread freed
+
+
+def test_a_websocket_handshake_with_a_body_is_not_held(serve: StartServer) -> None:
+    """A handshake has no body: such a request is answered as plain HTTP, then closed."""
+    server = start(serve, "asgi", *STALL)
+    with connect(server.port) as sock:
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Content-Length: 10\r\n\r\n"
+        )
+        cut = closed_within(sock, 5.0)
+    print(f"\nwebsocket handshake with a body that never comes: closed after {cut} s")
+    assert cut is not None and cut < 3.0

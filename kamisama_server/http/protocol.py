@@ -115,6 +115,10 @@ class HttpProtocol(asyncio.Protocol):
         self._feed = b""
         self._feed_pos = 0
         self._line_tail: bytes | None = None
+        # Stall watch (see _check_stall): progress events seen, since when none came.
+        self._progress = 0
+        self._progress_seen = -1
+        self._stalled_since = 0.0
         # Timer, checked by HttpServer's ticker.
         self.timer = _HEAD
         self.deadline = loop.time() + config.header_timeout
@@ -210,6 +214,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._progress += 1
         waiters, self._write_waiters = self._write_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -385,9 +390,11 @@ class HttpProtocol(asyncio.Protocol):
                 and self.exchange is None
                 and not self.pipeline
                 and not self.state.draining
+                and not length
+                and not self._chunked
             ):
+                # A handshake has no body (one that has is served as a plain request).
                 self._ws_request = (raw_method, url, headers)
-                self.timer = _NO_TIMER
                 return
             keep_alive = False  # bytes after this head are not HTTP we can parse
         exchange = HttpExchange(self, head, keep_alive, self._expect, length)
@@ -423,6 +430,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._moved = True
+        self._progress += 1
         if self.timer == _TRAILERS:
             self.timer = _NO_TIMER  # it was a chunk's data that was late, not trailers
         self._chunk_open = False
@@ -630,11 +638,18 @@ class HttpProtocol(asyncio.Protocol):
         self.state.check_idle()
         protocol = websocket.protocol()
         protocol.connection_made(transport)
-        protocol.data_received(b"".join(parts))
+        try:
+            protocol.data_received(b"".join(parts))
+        except Exception:  # the WebSocket protocol refused the handshake without closing
+            error_log.exception("WebSocket handshake failed")
+            transport.abort()
+            return
         transport.set_protocol(protocol)
 
     def check_timer(self, now: float) -> None:
-        """Called by the server's ticker: enforce header and keep-alive timeouts."""
+        """Called by the server's ticker: enforce header, keep-alive and stall timeouts."""
+        if self.config.stall_timeout and not self.closed:
+            self._check_stall(now)
         timer = self.timer
         if timer == _NO_TIMER or now < self.deadline or self.closed:
             return
@@ -646,6 +661,34 @@ class HttpProtocol(asyncio.Protocol):
             self._on_bad_input(408, "Request trailers timeout")
         else:
             self._close()
+
+    def _waits_on_client(self) -> bool:
+        """True while only the client can move us on: a body we read, a response it must read.
+
+        Not while we paused reading ourselves (the app is slow to take the body).
+        """
+        if self.writing_paused:
+            return True
+        return self.parsing is not None and not self.reading_paused and not self._dead
+
+    def _check_stall(self, now: float) -> None:
+        """Close a connection that made no progress for ``stall_timeout`` seconds.
+
+        Closing wakes whatever waits on it (an app reading the body or writing
+        the response gets ``ClientDisconnected``), so the app's thread is freed.
+        """
+        if not self._waits_on_client() or self._progress != self._progress_seen:
+            self._progress_seen = self._progress
+            self._stalled_since = now
+            return
+        if now - self._stalled_since < self.config.stall_timeout:
+            return
+        error_log.info(
+            "%s made no progress for %.0fs; closed", _peer(self.client), now - self._stalled_since
+        )
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
 
     def drain(self) -> None:
         """The worker is shutting down: close when idle, else after the current response."""
