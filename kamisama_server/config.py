@@ -60,6 +60,7 @@ class ServeConfig:
     socket_mode: SocketMode = field(default_factory=default_socket_mode)
     keep_alive: float = 5.0
     header_timeout: float = 10.0
+    stall_timeout: float = 30.0
     http_parser: Literal["auto", "httptools", "h11"] = "auto"
     limit_concurrency: int | None = None
     proxy_headers: bool = False
@@ -274,6 +275,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("header_timeout", ("--header-timeout",),
            "Seconds a client has to send a complete request head (else 408).",
            "10", _seconds(positive=True), metavar="SECONDS"),
+    Option("stall_timeout", ("--stall-timeout",),
+           "Seconds a connection may make no progress while its request body is read or "
+           "its response written (the client not reading) before it is closed; 0 = off.",
+           "30", _seconds(positive=False), metavar="SECONDS"),
     Option("http_parser", ("--http-parser",),
            "Request parser: `httptools`, `h11` (the pure-Python fallback), or `auto` "
            "(httptools where it is installed).",

@@ -77,6 +77,7 @@ def http_config(config: ServeConfig) -> HttpConfig:
         limit_request_body=config.limit_request_body,
         keep_alive=config.keep_alive,
         header_timeout=config.header_timeout,
+        stall_timeout=config.stall_timeout,
         parser=config.http_parser,
         limit_concurrency=config.limit_concurrency,
         backlog=config.backlog,

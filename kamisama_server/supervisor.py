@@ -1,5 +1,13 @@
 """The master: fork, watch, respawn with backoff, signals, shutdown, timeout.
 
+Respawning: a worker that was healthy (ready for ``HEALTHY_AFTER`` seconds)
+and then died is replaced at once, so a request that kills its worker costs
+that worker only. A slot backs off (0.1 s doubling to 4 s) when its workers die
+before they were healthy (a start-up crash loop), or when its healthy workers
+die ``CRASH_LIMIT`` times within ``CRASH_WINDOW`` seconds; even then a healthy
+worker is replaced at once if no other slot has a worker running, so a server
+that served never sits with every slot backing off.
+
 One thread, one loop. Signal handlers only record the signal; the loop wakes on
 a self-pipe (``signal.set_wakeup_fd``) or on a worker's channel, then handles
 signals before reaping, so a worker that exits because of a Ctrl+C sent to the
@@ -39,8 +47,12 @@ EXIT_NEVER_READY = 3
 
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 4.0
-STABLE_AFTER = 5.0
-"""A worker that lived this long resets its slot's backoff."""
+HEALTHY_AFTER = 0.1
+"""A worker ready this long is healthy: its death is no start-up crash."""
+CRASH_WINDOW = 10.0
+"""Seconds over which a slot's crashes after readiness are counted."""
+CRASH_LIMIT = 3
+"""The crash of healthy workers (within ``CRASH_WINDOW``) from which a slot backs off."""
 MAX_SLEEP = 1.0
 """The loop wakes at least this often, whatever happens (a missed wakeup costs 1 s)."""
 _RESTART_NAME = RESTART_SIGNAL.name if RESTART_SIGNAL else "SIGUSR1"
@@ -69,6 +81,7 @@ class _Process:
     channel: socket.socket
     started: float
     ready: bool = False
+    ready_at: float = 0.0
     stopping: bool = False
     deadline: float | None = None
     killed: bool = False
@@ -94,7 +107,8 @@ class Supervisor:
         self.options = options
         self.target = options.workers or 1
         self.processes: dict[int, _Process] = {}
-        self.failures: dict[int, int] = {}
+        self.failures: dict[int, int] = {}  # per slot: start-up crashes in a row
+        self.crashes: dict[int, list[float]] = {}  # per slot: when its healthy workers died
         self.respawn_at: dict[int, float] = {}
         self.stopping = False
         self.status = EXIT_OK
@@ -170,6 +184,7 @@ class Supervisor:
                 self._replace(process, line[8:].decode("utf-8", "replace"))
             elif line == b"ready" and not process.ready:
                 process.ready = True
+                process.ready_at = time.monotonic()
                 if process.wid in self.down and not process.stopping:
                     self.down.discard(process.wid)
                     self._tell_siblings(process.wid, "up")
@@ -342,6 +357,7 @@ class Supervisor:
                 done, status = pid, 0
             if done:
                 del self.processes[pid]
+                self._notice_last_words(process)
                 self._forget(process)
                 self._on_exit(process, status)
 
@@ -358,6 +374,20 @@ class Supervisor:
             if process is not None:
                 self._forget(process)
                 self._on_exit(process, status)
+
+    def _notice_last_words(self, process: _Process) -> None:
+        """A ``ready`` it sent just before dying still counts: read what is left."""
+        if process.ready:
+            return
+        with contextlib.suppress(OSError):
+            for _ in range(64):
+                data = process.channel.recv(4096)
+                if not data:
+                    break
+                process.inbox += data
+        if b"ready\n" in process.inbox:
+            process.ready = True
+            process.ready_at = time.monotonic()
 
     def _forget(self, process: _Process) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -387,16 +417,32 @@ class Supervisor:
             self.status = EXIT_NEVER_READY
             self._begin_shutdown("SIGTERM", why="a worker could not start")
             return
-        if time.monotonic() - process.started >= STABLE_AFTER:
-            self.failures[process.wid] = 0
-        if not clean:
-            self.failures[process.wid] = self.failures.get(process.wid, 0) + 1
-        delay = backoff_delay(self.failures.get(process.wid, 0))
+        delay = self._respawn_delay(process)
         log(f"{who} {reason}; respawning in {delay:.1f}s")
         self.respawn_at[process.wid] = time.monotonic() + delay
         if process.wid not in self.down and self._serving(process.wid) is None:
             self.down.add(process.wid)
             self._tell_siblings(process.wid, "down")
+
+    def _respawn_delay(self, process: _Process) -> float:
+        """How long the slot of ``process`` (which died unasked) waits for its successor."""
+        wid = process.wid
+        now = time.monotonic()
+        if not process.ready or now - process.ready_at < HEALTHY_AFTER:
+            self.failures[wid] = self.failures.get(wid, 0) + 1
+            return backoff_delay(self.failures[wid])
+        self.failures.pop(wid, None)
+        recent = [t for t in self.crashes.get(wid, []) if now - t < CRASH_WINDOW]
+        recent.append(now)
+        self.crashes[wid] = recent
+        delay = backoff_delay(len(recent) - CRASH_LIMIT + 1)
+        if delay and not self._any_running(besides=wid):
+            return 0.0  # it was healthy: never leave every slot backing off
+        return delay
+
+    def _any_running(self, besides: int) -> bool:
+        """True if a slot other than ``besides`` has a worker that is not stopping."""
+        return any(p.wid != besides and not p.stopping for p in self.processes.values())
 
     def _respawn_due(self) -> None:
         now = time.monotonic()

@@ -147,10 +147,14 @@ class Worker:
     def main(self) -> int:
         """Run the user's ``run``; return the exit code (sync paths never return)."""
         self._install_signal_handlers()
+        run = self.options.run
+        # Decided before the control thread starts: a "sibling" or "stop" line read
+        # before the loop exists must wait for it, not run a sync callback (whose
+        # asyncio.run would wait on the loop-to-be's events forever).
+        self.async_mode = is_async_callable(run)
         threading.Thread(target=self._control, name="kamisama-control", daemon=True).start()
         if not self.options.manual_ready:
             ready()
-        run = self.options.run
         if is_async_callable(run):
             return self._run_async(lambda: run(self.wid))
         try:
@@ -178,7 +182,7 @@ class Worker:
 
     def _run_async(self, make_coro: Callable[[], Coroutine[Any, Any, Any]]) -> int:
         with self.lock:
-            if self.stopping:  # a sync-style stop already owns the process
+            if self.stopping and not self.async_mode:  # a sync-style stop owns the process
                 self._idle_forever()
             self.async_mode = True
         factory = self.options.loop_factory or asyncio.new_event_loop

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import threading
 import time
@@ -162,6 +163,38 @@ def in_background(
     thread = threading.Thread(target=get, daemon=True)
     thread.start()
     return thread, answers
+
+
+def stream_until_answered(port: int, head: bytes, piece: bytes, most: int) -> tuple[int, int]:
+    """Send ``head``, then ``piece`` again and again until the server answers (at most
+    ``most`` bytes); the status and how many bytes went out before it.
+
+    A server that buffers without bound never answers: the read then times out.
+    """
+    with connect(port) as sock:
+        sock.sendall(head)
+        sent = 0
+        sock.setblocking(False)
+        while sent < most:
+            try:
+                if sock.recv(1, socket.MSG_PEEK):
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            try:
+                sent += sock.send(piece)
+            except BlockingIOError:
+                select.select([sock], [sock], [], 1.0)
+            except OSError:
+                break
+        sock.setblocking(True)
+        sock.settimeout(5)
+        reader = Reader(sock)
+        status = reader.response().status
+        assert reader.closed()
+        return status, sent
 
 
 def good_request(port: int) -> Response:

@@ -7,16 +7,9 @@ docstring says why these are left as they are), the test is a strict xfail.
 from h11_rerun import h11_known_difference, h11_parser  # noqa: F401 - autouse fixtures
 from test_http_corpus import *  # noqa: F403 - the suite, collected here again
 
-_TE_CODINGS = "Transfer-Encoding with a coding before chunked: h11 refuses (we cannot decode it)"
 H11_DIFFERENCES = {
     "test_corpus_request[invalid/chunked_09.http]": "whitespace after a chunk size is accepted",
     "test_corpus_request[invalid/chunked_14.http]": "a bare CR in a chunk extension is accepted",
     "test_corpus_request[valid/013.http]": "whitespace in chunk extensions is accepted "
     "(llhttp refuses it; the corpus suite expects llhttp's verdict)",
-    "test_corpus_request[valid/025.http]": _TE_CODINGS,
-    "test_corpus_request[valid/025_line.http]": _TE_CODINGS,
-    "test_corpus_request[valid/029.http]": _TE_CODINGS,
-    "test_corpus_request[valid/030.http]": _TE_CODINGS,
-    "test_corpus_request[valid/rfc9112_smuggle_gzip_chunked_01.http]": _TE_CODINGS,
-    "test_corpus_request[valid/rfc9112_smuggle_te_identity_chunked_01.http]": _TE_CODINGS,
 }

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
-from http_support import Reader, connect, engine_app, good_request, request
+from http_support import (
+    Reader,
+    connect,
+    engine_app,
+    good_request,
+    request,
+    stream_until_answered,
+)
 
 from kamisama_server.http.background import BackgroundServer
 from kamisama_server.http.config import HttpConfig
@@ -81,6 +89,17 @@ BAD_HEADS = {
         b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"1\r\na\r\n0\r\nHost: evil\r\n\r\n",
         400,
+    ),
+    "too_many_trailers": (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+        + b"".join(b"X-T%d: v\r\n" % i for i in range(101))
+        + b"\r\n",
+        431,
+    ),
+    "trailer_too_large": (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+        b"X-Big: " + b"v" * 9000 + b"\r\n\r\n",
+        431,
     ),
     "content_length_over_limit": (b"POST /echo HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", 413),
     "chunked_body_over_limit": (
@@ -162,3 +181,31 @@ def test_half_closed_incomplete_head_gets_400(server: BackgroundServer) -> None:
 def test_http10_request_without_host_is_served(server: BackgroundServer) -> None:
     resp, closed = request(server.port, b"GET /ok HTTP/1.0\r\n\r\n")
     assert resp.status == 200 and closed
+
+
+_CHUNKED_HEAD = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_endless_trailer_field_gets_431(server: BackgroundServer) -> None:
+    head = _CHUNKED_HEAD + b"1\r\na\r\n0\r\nX-Endless: "
+    status, _ = stream_until_answered(server.port, head, b"v" * 4096, 32 * 1024 * 1024)
+    assert status == 431
+    assert good_request(server.port).status == 200
+
+
+def test_endless_chunk_extension_gets_400(server: BackgroundServer) -> None:
+    head = _CHUNKED_HEAD + b"1;ext="
+    status, _ = stream_until_answered(server.port, head, b"e" * 4096, 32 * 1024 * 1024)
+    assert status == 400
+    assert good_request(server.port).status == 200
+
+
+def test_slow_trailers_get_408_after_the_header_timeout() -> None:
+    config = HttpConfig(header_timeout=0.5)
+    with BackgroundServer(engine_app, config) as srv, connect(srv.port) as sock:
+        sock.sendall(_CHUNKED_HEAD + b"1\r\na\r\n0\r\nX-Slow: ")
+        started = time.monotonic()
+        reader = Reader(sock)
+        assert reader.response().status == 408
+        assert reader.closed()
+        assert time.monotonic() - started < 3.0

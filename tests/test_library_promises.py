@@ -275,6 +275,48 @@ sys.exit(kamisama(workers=1, run=run))
     assert master.wait() == 0
 
 
+def test_a_healthy_worker_that_crashes_is_respawned_at_once_until_it_crashes_repeatedly(script):
+    master = script(
+        PRELUDE
+        + """
+def run(id):
+    print(f"pid {id} {os.getpid()}")
+    if id == 1:
+        time.sleep(0.3)  # healthy (ready over 0.1 s), then a crash
+        sys.exit(4)
+    while True:
+        time.sleep(1)
+
+sys.exit(kamisama(workers=2, run=run))
+"""
+    )
+    master.wait_for_log("exited with code 4; respawning in", count=4, timeout=10)
+    delays = re.findall(r"exited with code 4; respawning in (\S+)s", master.err)
+    # Slot 2 runs: from slot 1's third crash within 10 s, slot 1 backs off.
+    assert delays[:4] == ["0.0", "0.0", "0.1", "0.2"]
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0
+
+
+def test_a_healthy_worker_is_respawned_at_once_when_no_other_slot_runs(script):
+    master = script(
+        PRELUDE
+        + """
+def run(id):
+    print(f"pid {id} {os.getpid()}")
+    time.sleep(0.3)
+    sys.exit(4)
+
+sys.exit(kamisama(workers=1, run=run))
+"""
+    )
+    master.wait_for_log("exited with code 4; respawning in", count=5, timeout=10)
+    delays = re.findall(r"exited with code 4; respawning in (\S+)s", master.err)
+    assert set(delays) == {"0.0"}, delays  # the only slot never backs off after it served
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0
+
+
 def test_master_killed_workers_notice_run_the_hook_with_sighup_and_exit(script, tmp_path):
     marker_dir = tmp_path / "markers"
     marker_dir.mkdir()

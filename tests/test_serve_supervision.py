@@ -170,7 +170,11 @@ def app(environ, start_response):
 
 @pytest.mark.parametrize("mode", ["reuseport", "shared"])
 def test_no_connection_waits_on_a_slot_that_is_backing_off(serve: StartServer, mode: str) -> None:
-    """Crash slot 1 five times running: its respawn backs off 1.6 s; nobody waits for it."""
+    """Crash slot 1 again and again until its respawn backs off 1.6 s; nobody waits for it.
+
+    A healthy worker's crash is respawned at once, so the backoff comes only from
+    repeated crashes (see the supervisor): it takes a handful of them.
+    """
     server = start(serve, mode, source=FLAKY_SLOT_APP)
 
     def respawned(crashes: int) -> Callable[[], bool]:
@@ -178,8 +182,8 @@ def test_no_connection_waits_on_a_slot_that_is_backing_off(serve: StartServer, m
 
     old_pids = {server.started()[2]}
     crashes = 0
-    for _ in range(300):
-        if crashes == 5:
+    for _ in range(600):
+        if "respawning in 1.6s" in server.err or crashes == 20:
             break
         wait_until(respawned(crashes), 10, "worker 1 respawned")
         try:
@@ -187,7 +191,6 @@ def test_no_connection_waits_on_a_slot_that_is_backing_off(serve: StartServer, m
         except httpx.HTTPError:
             crashes += 1
             server.wait_for_log("exited with code 1; respawning in", count=crashes)
-    assert crashes == 5, server.output()
     assert "respawning in 1.6s" in server.err, server.err
     # One at a time (so load from this test does not blur the number): each fresh
     # connection, wherever the kernel puts it, is answered without waiting for slot 1.

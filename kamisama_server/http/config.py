@@ -26,6 +26,7 @@ class HttpConfig:
     # Timers, in seconds.
     keep_alive: float = 5.0  # idle keep-alive connection is closed after this
     header_timeout: float = 10.0  # request head must be complete within this -> 408
+    stall_timeout: float = 30.0  # no progress reading a body or writing a response: close; 0 = off
     drain_idle_grace: float = 0.1  # on drain, an idle keep-alive conn may still send one request
     drain_fresh_timeout: float = 2.0  # on drain, an accepted conn that sent nothing gets this long
 
@@ -61,8 +62,8 @@ class HttpConfig:
             raise ValueError("limit_request_body must be >= 0 or None")
         if self.limit_concurrency is not None and self.limit_concurrency < 1:
             raise ValueError("limit_concurrency must be >= 1 or None")
-        if self.keep_alive < 0 or self.header_timeout <= 0:
-            raise ValueError("keep_alive must be >= 0 and header_timeout > 0")
+        if self.keep_alive < 0 or self.header_timeout <= 0 or self.stall_timeout < 0:
+            raise ValueError("keep_alive, stall_timeout must be >= 0 and header_timeout > 0")
         resolve_parser(self.parser)  # ValueError if unknown or not installed
 
     @property

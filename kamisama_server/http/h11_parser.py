@@ -21,7 +21,8 @@ it. The parsing stays h11's; these are checks on what it parsed:
 - an HTTP/1.1 request without ``Host`` is served (h11 refuses it, RFC 9112 3.2
   says a server MUST): it is parsed again with an empty ``Host`` that the
   callbacks never see;
-- refused although h11 accepts them: obsolete line folding (h11 unfolds),
+- refused although h11 accepts them: a line ending in a bare LF in the head,
+  obsolete line folding (h11 unfolds),
   ``Content-Length`` sent twice or as a list (h11 merges equal ones),
   ``Content-Length`` together with ``Transfer-Encoding`` (h11 ignores the
   length), a method outside llhttp's list (h11 takes any token), a chunk size
@@ -34,10 +35,12 @@ it. The parsing stays h11's; these are checks on what it parsed:
 
 Differences that remain (h11's verdict stands; h11 consumes chunk lines itself):
 a chunk size followed by whitespace, and any byte after ``;`` in a chunk line
-(a bare CR too) are accepted; ``Transfer-Encoding`` with a coding before
-``chunked`` (``gzip, chunked``) is refused, which RFC 9112 6.1 allows (we
-cannot decode it) and llhttp serves. The request line is not seen until its
-line ends, so an endless one meets the head-size limit (431), not 414.
+(a bare CR too) are accepted; a bare LF in a trailer line is accepted;
+``Transfer-Encoding`` with a coding before ``chunked`` (``gzip, chunked``) and
+extra spaces in the request line are refused, which llhttp passes (the engine
+refuses both itself, so the server's answer is the same). The request line is
+not seen until its line ends, so an endless one meets the head-size limit
+(431), not 414.
 """
 
 from __future__ import annotations
@@ -96,21 +99,25 @@ _METHOD_ROOM = 1 + max(len(method) for method in METHODS)  # a space must come b
 _MAX_CHUNK = (1 << 64) - 1
 _SLICE = 8192  # bytes handed to h11 at a time
 _HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a head (its blank-line rule)
+_BARE_LF = re.compile(rb"(?<!\r)\n")  # llhttp wants CRLF line ends; h11 takes a bare LF
 _FOLD = re.compile(rb"\n[ \t]")  # a line starting with whitespace continues the last one
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # in a field value: only HTAB may be
 _CONTENT_LENGTH = re.compile(rb"\ncontent-length:([^\n]*)", re.IGNORECASE)
 _MISSING_HOST = "Missing mandatory Host: header"
 _PLACEHOLDER_HOST = b"Host: \r\n"
+_HOST_PORT = re.compile(rb"(.*[^\]]|\[.*\]):(\d+)")
 
 
 class _UrlParts:
-    """What ``parse_url`` gives the engine: the path and the query."""
+    """What ``parse_url`` gives the engine: the path, the query, the host and port."""
 
-    __slots__ = ("path", "query")
+    __slots__ = ("host", "path", "port", "query")
 
-    def __init__(self, path: bytes, query: bytes) -> None:
+    def __init__(self, path: bytes, query: bytes, host: bytes, port: int | None) -> None:
         self.path = path
         self.query = query
+        self.host = host
+        self.port = port
 
 
 def parse_url(url: bytes) -> _UrlParts:
@@ -121,7 +128,11 @@ def parse_url(url: bytes) -> _UrlParts:
         raise HttpParserInvalidURLError(str(exc)) from None
     if not parts.scheme or not parts.netloc:
         raise HttpParserInvalidURLError("not an absolute URL")
-    return _UrlParts(parts.path, parts.query)
+    host, port = parts.netloc.rpartition(b"@")[2], None
+    match = _HOST_PORT.fullmatch(host)
+    if match is not None:
+        host, port = match[1], int(match[2])
+    return _UrlParts(parts.path, parts.query, host, port)
 
 
 class H11RequestParser:
@@ -148,6 +159,7 @@ class H11RequestParser:
         self._upgrade = False
         self._chunked = False
         self._new_chunk = True
+        self._last_chunk_told = False
 
     # What the engine asks about the current request -----------------------------------------
 
@@ -213,6 +225,8 @@ class H11RequestParser:
             if event is h11.NEED_DATA:
                 if not self._head_done and not self._method_checked:
                     self._check_method_early()
+                elif self._chunked and not self._last_chunk_told:
+                    self._tell_last_chunk(conn)
                 if not self._feed(conn):
                     return
             elif isinstance(event, h11.Request):
@@ -294,6 +308,8 @@ class H11RequestParser:
         method = event.method
         if method not in METHODS:
             self._fail("Invalid method encountered", HttpParserInvalidMethodError)
+        if _BARE_LF.search(raw):
+            self._fail("Expected CRLF")
         if _FOLD.search(raw):
             self._fail("Obsolete line folding is not allowed")
         lengths = _CONTENT_LENGTH.findall(raw)
@@ -323,6 +339,7 @@ class H11RequestParser:
         self._upgrade = method == b"CONNECT" or (upgrade and b"upgrade" in connection)
         self._chunked = chunked
         self._new_chunk = True
+        self._last_chunk_told = False
         self._head_done = True
         self._head = bytearray()
         cb = self._cb
@@ -358,10 +375,22 @@ class H11RequestParser:
             if self._on_chunk_complete is not None:
                 self._call(self._on_chunk_complete)
 
+    def _tell_last_chunk(self, conn: h11.Connection) -> None:
+        """h11 waits for the trailers: report the last chunk now, as llhttp does.
+
+        The engine times and bounds trailers from there. h11 has no event for it,
+        so its reader's private flag is read (if h11 renames it, the trailer tests
+        of test_h11_http_bad_input fail rather than this going quiet).
+        """
+        if getattr(getattr(conn, "_reader", None), "_reading_trailer", False):
+            self._last_chunk_told = True
+            if self._on_chunk_header is not None:
+                self._call(self._on_chunk_header)
+
     def _on_end(self, event: h11.EndOfMessage, conn: h11.Connection) -> None:
         cb = self._cb
         # The last, empty chunk has no Data event; llhttp reports it around the trailers.
-        if self._chunked and self._on_chunk_header is not None:
+        if self._chunked and self._on_chunk_header is not None and not self._last_chunk_told:
             self._call(self._on_chunk_header)
         for name, value in event.headers.raw_items():
             self._call(cb.on_header, name, value)

@@ -32,8 +32,8 @@ from .exchange import (
 from .exchange_impl import HttpExchange
 from .state import EngineState, access_log, error_log
 
-# What the per-connection timer is waiting for.
-_NO_TIMER, _IDLE, _HEAD = 0, 1, 2
+# What the per-connection timer is waiting for (_TRAILERS: the end of a chunked body's trailers).
+_NO_TIMER, _IDLE, _HEAD, _TRAILERS = 0, 1, 2, 3
 
 _METHODS = {
     m.encode(): m
@@ -113,6 +113,21 @@ class HttpProtocol(asyncio.Protocol):
         self._host_seen = False
         self._type_seen = False
         self._ws_request: tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None = None
+        # Chunked framing: trailers seen, a chunk opened and no data of it yet (the last
+        # chunk's trailers follow), a callback since the feed began, framing bytes fed
+        # in a row without any callback (an endless chunk line or trailer field).
+        self._trailers = 0
+        self._chunk_open = False
+        self._moved = False
+        self._frame_bytes = 0
+        # What was fed, for the request line check (see _check_request_line).
+        self._feed = b""
+        self._feed_pos = 0
+        self._line_tail: bytes | None = None
+        # Stall watch (see _check_stall): progress events seen, since when none came.
+        self._progress = 0
+        self._progress_seen = -1
+        self._stalled_since = 0.0
         # Timer, checked by HttpServer's ticker.
         self.timer = _HEAD
         self.deadline = loop.time() + config.header_timeout
@@ -166,6 +181,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
+        self._moved = False
+        self._feed, self._feed_pos = data, 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -186,8 +203,19 @@ class HttpProtocol(asyncio.Protocol):
             status = 505 if message == "Invalid HTTP version" else 400
             self._on_bad_input(status, message)
         else:
-            if self._in_head and self._head_bytes > self._max_head:
-                self._on_bad_input(431, "Request Header Fields Too Large")
+            if self._in_head:
+                if self._head_bytes > self._max_head:
+                    self._on_bad_input(431, "Request Header Fields Too Large")
+                elif self._mid_head:
+                    self._keep_line_tail(data)
+            elif self._chunked and self.parsing is not None:
+                self._check_framing(len(data))
+
+    def _keep_line_tail(self, data: bytes) -> None:
+        """A head goes on in the next feed: keep where its request line may be."""
+        keep = (self.config.limit_request_line or 8190) + 16
+        tail = self._line_tail
+        self._line_tail = data[-keep:] if tail is None else (tail + data)[-keep:]
 
     def eof_received(self) -> bool | None:
         # The client half-closed: answer what it sent, then close.
@@ -208,6 +236,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._progress += 1
         waiters, self._write_waiters = self._write_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -223,6 +252,7 @@ class HttpProtocol(asyncio.Protocol):
             self.state.silent_claims = 0
             self._release_claim()
         self._mid_head = True
+        self._line_tail = None
         self._url = b""
         self._headers = []
         self._content_length = None
@@ -243,7 +273,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._mid_head:
-            self._on_trailer(name)
+            self._on_trailer(name, value)
             return
         config = self.config
         headers = self._headers
@@ -260,6 +290,8 @@ class HttpProtocol(asyncio.Protocol):
             if name == b"content-length":
                 self._content_length = int(value)  # llhttp validated the digits
             elif name == b"transfer-encoding":
+                if value.lower() != b"chunked":  # a coding we cannot decode (RFC 9112 6.1)
+                    raise _Reject(400, "Unsupported Transfer-Encoding")
                 self._chunked = True
             elif name == b"expect":
                 self._expect = value.lower() == b"100-continue"
@@ -275,10 +307,54 @@ class HttpProtocol(asyncio.Protocol):
                 self._type_seen = True
         headers.append((name, value))
 
-    def _on_trailer(self, name: bytes) -> None:
-        """Trailer fields are not passed on; those that could smuggle framing are refused."""
+    def _on_trailer(self, name: bytes, value: bytes) -> None:
+        """Trailer fields are not passed on, but limited as header fields are (431).
+
+        Those that could smuggle framing are refused (400).
+        """
+        self._moved = True
+        config = self.config
+        self._trailers += 1
+        if config.limit_request_fields and self._trailers > config.limit_request_fields:
+            raise _Reject(431, "Too many request trailer fields")
+        size = config.limit_request_field_size
+        if size and len(name) + len(value) + 4 > size:
+            raise _Reject(431, "Request trailer field too large")
         if name.lower() in _FORBIDDEN_TRAILERS:
             raise _Reject(400, "Forbidden trailer field")
+
+    def on_chunk_header(self) -> None:
+        self._moved = True
+        self._chunk_open = True
+
+    def on_chunk_complete(self) -> None:
+        self._moved = True
+        self._chunk_open = False
+
+    def _check_framing(self, fed: int) -> None:
+        """After a feed inside a chunked body: bound chunk lines and trailers.
+
+        Body bytes, a complete chunk line or trailer field each make a callback.
+        Parsers keep no position, so what is measured is whole feeds without
+        one: over ``limit_request_field_size`` of them in a row is an endless
+        chunk extension (400) or trailer field (431). A chunk opened with no
+        data after it is the last one, whose trailers must end within
+        ``header_timeout``, as a head must.
+        """
+        if self._moved:
+            self._frame_bytes = 0
+        else:
+            self._frame_bytes += fed
+            limit = self.config.limit_request_field_size or self._max_head
+            if self._frame_bytes > limit:
+                if self._chunk_open:
+                    self._on_bad_input(431, "Request trailer field too large")
+                else:
+                    self._on_bad_input(400, "Chunk line too long")
+                return
+        if self._chunk_open and self.timer == _NO_TIMER:
+            self.timer = _TRAILERS
+            self.deadline = self.loop.time() + self.config.header_timeout
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -317,6 +393,8 @@ class HttpProtocol(asyncio.Protocol):
             except httptools.HttpParserInvalidURLError:
                 raise _Reject(400, "Invalid request target") from None
             path, query = parsed.path or b"/", parsed.query or b""
+            _use_target_host(self._headers, parsed.host, parsed.port)
+        self._check_request_line(raw_method, url)
         headers = self._headers
         client, scheme = self.client, self.scheme
         proxies = self.state.proxies
@@ -337,9 +415,11 @@ class HttpProtocol(asyncio.Protocol):
                 and self.exchange is None
                 and not self.pipeline
                 and not self.state.draining
+                and not length
+                and not self._chunked
             ):
+                # A handshake has no body (one that has is served as a plain request).
                 self._ws_request = (raw_method, url, headers)
-                self.timer = _NO_TIMER
                 return
             keep_alive = False  # bytes after this head are not HTTP we can parse
         exchange = HttpExchange(self, head, keep_alive, self._expect, length)
@@ -354,7 +434,31 @@ class HttpProtocol(asyncio.Protocol):
             if len(self.pipeline) >= config.pipeline_depth:
                 self.update_reading()
 
+    def _check_request_line(self, method: bytes, url: bytes) -> None:
+        """One space, exactly, between method, target and version (RFC 9112 3).
+
+        llhttp skips extra spaces and gives no byte positions, so the line it
+        parsed is looked for in what was fed: where the head began in an earlier
+        feed than this one, in that feed's kept tail. Not found there means extra
+        spaces (400); a head whose line is further back than the tail goes
+        unchecked. h11 refuses extra spaces itself.
+        """
+        line = b"%b %b HTTP/" % (method, url)
+        feed = self._feed
+        found = feed.find(line, self._feed_pos)
+        if found >= 0:
+            self._feed_pos = found + len(line)
+            return
+        tail, self._line_tail = self._line_tail, None
+        if tail is None or (len(tail) > len(line) and (tail + feed).find(line) < 0):
+            raise _Reject(400, "Invalid request line")
+
     def on_body(self, body: bytes) -> None:
+        self._moved = True
+        self._progress += 1
+        if self.timer == _TRAILERS:
+            self.timer = _NO_TIMER  # it was a chunk's data that was late, not trailers
+        self._chunk_open = False
         exchange = self.parsing
         if exchange is None:
             return
@@ -367,6 +471,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        self._moved = True
+        self._chunk_open = False
+        self._trailers = 0
+        self._frame_bytes = 0
+        if self.timer == _TRAILERS:
+            self.timer = _NO_TIMER
         exchange = self.parsing
         if exchange is not None:
             self.parsing = None
@@ -528,9 +638,7 @@ class HttpProtocol(asyncio.Protocol):
         if exchange is not None:
             # The error is in this request's body: its reader gets it (400/413 or a close).
             self.parsing = None
-            exchange.fail(
-                RequestBodyTooLarge(reason) if status == 413 else RequestBodyError(reason)
-            )
+            exchange.fail(_body_error(status, reason))
             if exchange.finished:
                 self._close(linger=True)
             elif self.reading_paused:
@@ -571,7 +679,12 @@ class HttpProtocol(asyncio.Protocol):
         self.state.check_idle()
         protocol = websocket.protocol()
         protocol.connection_made(transport)
-        protocol.data_received(b"".join(parts))
+        try:
+            protocol.data_received(b"".join(parts))
+        except Exception:  # the WebSocket protocol refused the handshake without closing
+            error_log.exception("WebSocket handshake failed")
+            transport.abort()
+            return
         transport.set_protocol(protocol)
 
     def _claim_expired(self) -> None:
@@ -590,7 +703,9 @@ class HttpProtocol(asyncio.Protocol):
             self.state.claims -= 1
 
     def check_timer(self, now: float) -> None:
-        """Called by the server's ticker: enforce header and keep-alive timeouts."""
+        """Called by the server's ticker: enforce header, keep-alive and stall timeouts."""
+        if self.config.stall_timeout and not self.closed:
+            self._check_stall(now)
         timer = self.timer
         if timer == _NO_TIMER or now < self.deadline or self.closed:
             return
@@ -598,8 +713,38 @@ class HttpProtocol(asyncio.Protocol):
         if timer == _HEAD and self._mid_head and self.exchange is None:
             self._dead = True
             self._send_error(408, "Request Timeout")
+        elif timer == _TRAILERS and self.parsing is not None:
+            self._on_bad_input(408, "Request trailers timeout")
         else:
             self._close()
+
+    def _waits_on_client(self) -> bool:
+        """True while only the client can move us on: a body we read, a response it must read.
+
+        Not while we paused reading ourselves (the app is slow to take the body).
+        """
+        if self.writing_paused:
+            return True
+        return self.parsing is not None and not self.reading_paused and not self._dead
+
+    def _check_stall(self, now: float) -> None:
+        """Close a connection that made no progress for ``stall_timeout`` seconds.
+
+        Closing wakes whatever waits on it (an app reading the body or writing
+        the response gets ``ClientDisconnected``), so the app's thread is freed.
+        """
+        if not self._waits_on_client() or self._progress != self._progress_seen:
+            self._progress_seen = self._progress
+            self._stalled_since = now
+            return
+        if now - self._stalled_since < self.config.stall_timeout:
+            return
+        error_log.info(
+            "%s made no progress for %.0fs; closed", _peer(self.client), now - self._stalled_since
+        )
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
 
     def drain(self) -> None:
         """The worker is shutting down: close when idle, else after the current response."""
@@ -694,10 +839,36 @@ class HttpProtocol(asyncio.Protocol):
             if self.reading_paused:
                 self.reading_paused = False
                 transport.resume_reading()
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is gone already (ENOTCONN): nothing to linger for
+                transport.abort()
+                return
             self.loop.call_later(_LINGER, transport.close)
         else:
             transport.close()
+
+
+def _use_target_host(headers: list[tuple[bytes, bytes]], host: bytes | None, port: Any) -> None:
+    """An absolute-form target names the host: it replaces ``Host`` (RFC 9112 3.2.2)."""
+    if not host:
+        return
+    authority = host if not port else b"%b:%d" % (host, int(port))
+    for index, (name, _) in enumerate(headers):
+        if name == b"host":
+            headers[index] = (b"host", authority)
+            return
+    headers.append((b"host", authority))
+
+
+def _body_error(status: int, reason: str) -> RequestBodyError:
+    """What a reader of the failed body gets; ``status`` is the answer if none went out yet."""
+    if status == 413:
+        return RequestBodyTooLarge(reason)
+    error = RequestBodyError(reason)
+    if status != RequestBodyError.status:
+        error.status = status
+    return error
 
 
 def _address(value: Any) -> tuple[str, int] | None:

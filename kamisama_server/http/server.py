@@ -81,7 +81,11 @@ class HttpServer:
         self._adopting: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.TimerHandle | None = None
         self._second = 0
-        shortest = min(self.config.keep_alive, self.config.header_timeout)
+        config = self.config
+        timers = [config.keep_alive, config.header_timeout]
+        if config.stall_timeout:
+            timers.append(config.stall_timeout)
+        shortest = min(timers)
         self._tick = min(max(shortest / 4, 0.05), 0.5)
         self._drained = False
 

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from kamisama_server.http.exchange import ClientDisconnected, Exchange, Headers, RequestBodyError
+from kamisama_server.http.state import STATUS_LINES
 from kamisama_server.http.wsgi_environ import Environ
 from kamisama_server.http.wsgi_file import FileWrapper
 from kamisama_server.http.wsgi_input import InputStream
@@ -516,7 +517,7 @@ class WsgiCall:
         body_error = self.stream.body_error
         if isinstance(body_error, RequestBodyError) and not exchange.headers_sent:
             status = body_error.status
-            reason = b"Request Entity Too Large" if status == 413 else b"Bad Request"
+            reason = STATUS_LINES[status][13:-2] or b"Bad Request"
             await _plain_response(exchange, status, reason, close=True)
         else:
             exchange.abort()
