@@ -78,6 +78,11 @@ class KamisamaOptions:
     """Called in the master with the signal's name when a graceful shutdown begins,
     before the workers are told (the server closes its listening sockets here)."""
 
+    setup: Callable[[int], object] | None = None
+    """Called in each worker with its id, on its main thread before ``run`` and before
+    any event loop runs (import the app here: WSGI frameworks expect no running
+    loop). Raising ends the worker as a crash in ``run`` would."""
+
     heartbeat_timeout: float | None = None
     """For an async ``run``: its event loop beats to the master; a ready worker
     whose loop has not beaten for this many seconds (stuck in CPU-bound code) has
@@ -94,6 +99,7 @@ _OPTIONAL_CALLABLES = (
     "on_shutdown",
     "lend_fds",
     "on_stop_requested",
+    "setup",
 )
 
 

@@ -16,7 +16,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,7 @@ class _WorkerState:
     asgi: AsgiAdapter | None = None
     wsgi: WSGIAdapter | None = None
     stopping: bool = False
+    pending_hook: Awaitable[Any] | None = None  # an async --run hook, awaited on the loop
     seat: Seat | None = None
     replacing: bool = False  # the watchdog asked the master for a successor
     last_sweep: float = 0.0
@@ -137,13 +138,11 @@ class ServerWorkers:
         self.board = board
         self.state = _WorkerState()
 
-    def run(self, wid: int) -> Coroutine[Any, Any, None]:
+    def setup(self, wid: int) -> None:
         """In the fresh worker, before any event loop runs: import the app, run ``--run``.
 
         Apps and frameworks expect to be imported where no loop runs (Django's
-        ORM refuses to run under one), as every WSGI server does. The serving
-        itself is the returned coroutine, which the supervisor runs on the
-        worker's loop.
+        ORM refuses to run under one), as every WSGI server does.
         """
         mine = self.listeners.sockets_for(wid)
         for listener in self.listeners.all():
@@ -152,38 +151,34 @@ class ServerWorkers:
                 # a slot's last holder must be its own worker, or a removed slot's
                 # queue would be reset by some sibling's late close.
                 listener.sock.close()
-        pending: Awaitable[Any] | None = None
         try:
             loaded = self.loaded = self.loaded or load(self.config)
             if loaded.run_hook is not None:
                 result = loaded.run_hook(wid)
                 if inspect.isawaitable(result):
-                    pending = result  # an async hook: awaited on the loop
+                    self.state.pending_hook = result  # an async hook: awaited on the loop
         except StartupFailed as error:
             log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
             raise SystemExit(EXIT_CANNOT_START) from None
-        return self._serve(wid, loaded, mine, pending)
 
-    async def _serve(
-        self,
-        wid: int,
-        loaded: _Loaded,
-        mine: list[socket.socket],
-        pending: Awaitable[Any] | None,
-    ) -> None:
+    async def run(self, wid: int) -> None:
+        """On the worker's loop: ASGI lifespan, then serve until the drain ends."""
+        state = self.state
+        loaded = self.loaded
+        assert loaded is not None, "setup() loads the app first"
         try:
-            if pending is not None:
-                await pending
-            handler = self.state.handler = await self._make_handler(loaded)
+            if state.pending_hook is not None:
+                await state.pending_hook
+            handler = state.handler = await self._make_handler(loaded)
         except LifespanFailed as error:
             log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
             raise SystemExit(EXIT_CANNOT_START) from None
-        seat = self.state.seat = self.board.claim(wid) if self.board is not None else None
-        server = self.state.server = self._new_server(handler, seat=seat, on_tick=self._on_tick)
-        await server.start(mine)
-        self.state.serving.set()
+        seat = state.seat = self.board.claim(wid) if self.board is not None else None
+        server = state.server = self._new_server(handler, seat=seat, on_tick=self._on_tick)
+        await server.start(self.listeners.sockets_for(wid))
+        state.serving.set()
         ready()
-        await self.state.stopped.wait()
+        await state.stopped.wait()
 
     def _new_server(
         self,
@@ -330,6 +325,7 @@ def serve(config: ServeConfig) -> int:
         print(f"kamisama: listening on {urls} ({count} workers, pid {os.getpid()})", flush=True)
 
     options = KamisamaOptions(
+        setup=workers.setup,
         run=workers.run,
         shutdown=workers.shutdown,
         workers=config.workers,

@@ -153,6 +153,8 @@ class Worker:
         # asyncio.run would wait on the loop-to-be's events forever).
         self.async_mode = is_async_callable(run)
         threading.Thread(target=self._control, name="kamisama-control", daemon=True).start()
+        if self.options.setup is not None:
+            self.options.setup(self.wid)
         if not self.options.manual_ready:
             ready()
         if is_async_callable(run):

@@ -334,3 +334,33 @@ sys.exit(kamisama(workers=2, run=run, shutdown=shutdown))
     assert master.wait() == 0, master.output
     assert master.err.count("is replaced") == 1, master.err
     assert f"hook 2 SIGTERM {second}" in master.out
+
+
+def test_setup_runs_in_each_worker_before_run_with_no_event_loop(script):
+    master = script(
+        PRELUDE
+        + """
+def setup(id):
+    try:
+        asyncio.get_running_loop()
+        loop = "running"
+    except RuntimeError:
+        loop = "none"
+    print(f"setup {id} {os.getpid()} loop={loop} master={worker_id()}")
+
+async def run(id):
+    print(f"run {id} {os.getpid()}")
+
+sys.exit(kamisama(workers=2, setup=setup, run=run))
+"""
+    )
+    master.wait_for_output("run 2", timeout=10)
+    master.wait_for_output("run 1", timeout=10)
+    lines = master.lines()
+    for wid in (1, 2):
+        (setup_line,) = [line for line in lines if line.startswith(f"setup {wid} ")]
+        _, _, pid, loop, where = setup_line.split()
+        assert (loop, where) == ("loop=none", f"master={wid}")
+        assert lines.index(setup_line) < lines.index(f"run {wid} {pid}")
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0
