@@ -469,8 +469,8 @@ class Supervisor:
         now = time.monotonic()
         for process in list(self.processes.values()):
             beat = process.last_beat
-            if beat is None or process.stopping or process.being_replaced:
-                continue
+            if beat is None or not process.ready or process.stopping or process.being_replaced:
+                continue  # a slow start (ASGI lifespan, say) is not a stuck loop
             if now - beat > limit:
                 who = f"worker {process.wid} (pid {process.pid})"
                 log(
