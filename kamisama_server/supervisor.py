@@ -184,6 +184,8 @@ class Supervisor:
                 self._replace(process, line[8:].decode("utf-8", "replace"))
             elif line == b"ready" and not process.ready:
                 process.ready = True
+                if process.last_beat is not None:  # heartbeats count from here on
+                    process.last_beat = time.monotonic()
                 process.ready_at = time.monotonic()
                 if process.wid in self.down and not process.stopping:
                     self.down.discard(process.wid)
