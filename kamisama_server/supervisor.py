@@ -89,6 +89,7 @@ class _Process:
     inbox: bytes = b""
     last_beat: float | None = None  # its event loop's last heartbeat (heartbeat_timeout)
     being_replaced: bool = False  # asked for, or given, a successor
+    loop_stuck: bool = False  # its heartbeat stopped: killed once its successor is ready
 
 
 @dataclass
@@ -482,6 +483,7 @@ class Supervisor:
                 if worker_side.STACK_SIGNAL is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, worker_side.STACK_SIGNAL)
+                process.loop_stuck = True
                 self._replace(process, "its event loop is stuck")
 
     def _replace(self, process: _Process, reason: str) -> None:
@@ -536,7 +538,13 @@ class Supervisor:
             current.replacing = False
             deadline = time.monotonic() + self.options.timeout
             old = self.processes.get(rolling.old_pid or 0)
-            if old is not None:
+            if old is not None and old.loop_stuck:
+                # Its loop cannot drain anything: once the successor serves, it goes.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(old.pid, signal.SIGKILL)
+                old.stopping = old.killed = True
+                log(f"worker {old.wid} (pid {old.pid}) killed: its event loop is stuck")
+            elif old is not None:
                 self._stop_process(old, _RESTART_NAME, deadline)
             rolling.current = None
         while rolling.queue:

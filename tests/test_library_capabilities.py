@@ -132,13 +132,16 @@ def test_sigusr1_replaces_every_worker_one_at_a_time_keeping_ids(script):
     master = script(
         PRELUDE
         + """
+from kamisama_server import ready
+
 def run(id):
     print(f"pid {id} {os.getpid()}")
+    ready()  # after the line is out: "ready" before it would race the old worker's hook
 
 def shutdown(id, signal):
     print(f"hook {id} {signal} {os.getpid()}")
 
-sys.exit(kamisama(workers=2, run=run, shutdown=shutdown))
+sys.exit(kamisama(workers=2, run=run, shutdown=shutdown, manual_ready=True))
 """
     )
     first = wait_until(lambda: len(master.worker_pids()) == 2 and master.worker_pids())
@@ -298,7 +301,7 @@ sys.exit(kamisama(workers=2, run=run, shutdown=shutdown, timeout=1.0, heartbeat_
     master.wait_for_log("spin_without_yielding", timeout=10)  # faulthandler's dump
     master.wait_for_log(f"worker 1 (pid {first}) is replaced: its event loop is stuck")
     wait_until(lambda: master.worker_pids()[1] != first, 10, "a successor for slot 1")
-    master.wait_for_log(f"worker 1 (pid {first}) killed after timeout 1.0s", timeout=10)
+    master.wait_for_log(f"worker 1 (pid {first}) killed: its event loop is stuck", timeout=10)
     master.signal_master(signal.SIGTERM)
     assert master.wait() == 0, master.output
     assert master.err.count("worker 2 (pid") == 2, master.err  # started, shut down: untouched
