@@ -288,7 +288,8 @@ OPTIONS: tuple[Option, ...] = (
            "(as gunicorn and uvicorn do); `--no-proxy-headers` ignores them from everyone.",
            "on", _bool, "bool"),
     Option("forwarded_allow_ips", ("--forwarded-allow-ips",),
-           "Comma-separated IPs or networks whose proxy headers are trusted, or `*`.",
+           "Comma-separated IPs or networks whose proxy headers are trusted, or `*` "
+           "(a peer on a Unix socket, such as a local nginx, always is).",
            "`127.0.0.1`", _allow_ips, metavar="IPS"),
     Option("server_header", ("--server-header",),
            "Send a `server: kamisama` header (unless the app sets its own `Server`).",

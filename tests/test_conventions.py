@@ -5,13 +5,14 @@ and uvicorn expect from the command line and on the wire.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from http_support import request
+from http_support import Reader, request
 from serve_support import SERVE, Server, StartServer, serving
 
 from kamisama_server.version import SERVER_SOFTWARE, VERSION
@@ -160,3 +161,23 @@ def test_proxy_headers_can_be_turned_off(serve: StartServer, extra: list[str]) -
     raw = f"GET /env HTTP/1.1\r\nHost: t\r\n{FORWARDED}Connection: close\r\n\r\n"
     env = json.loads(request(server.port, raw.encode())[0].body)
     assert (env["wsgi.url_scheme"], env["REMOTE_ADDR"]) == ("http", "127.0.0.1")
+
+
+@pytest.mark.parametrize(("extra", "trusted"), [([], True), (["--no-proxy-headers"], False)])
+def test_proxy_headers_from_a_unix_socket_peer(
+    serve: StartServer, tmp_path: Path, extra: list[str], trusted: bool
+) -> None:
+    """A local proxy on a Unix socket (deploy/nginx.conf) has no address to check: trusted."""
+    path = tmp_path / "app.sock"
+    server = serve(
+        ["app:app", "--bind", f"unix:{path}", "-w", "1", *extra], modules={"app": CONVENTIONS_APP}
+    )
+    server.wait_listening()
+    raw = f"GET /env HTTP/1.1\r\nHost: t\r\n{FORWARDED}Connection: close\r\n\r\n".encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(raw)
+        env = json.loads(Reader(sock).response().body)
+    expected = ("https", "203.0.113.7") if trusted else ("http", None)
+    assert (env["wsgi.url_scheme"], env["REMOTE_ADDR"]) == expected
