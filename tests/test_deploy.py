@@ -210,22 +210,18 @@ def readme_unix_command() -> list[str]:
     return shlex.split(line)
 
 
-NGINX_MAIN = """
-daemon off;
-master_process off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    include {dir}/kamisama.conf;
-}}
-"""
+def nginx_main(directory: Path) -> str:
+    """A foreground nginx whose every file is in ``directory``, including our conf."""
+    temp = "".join(
+        f"    {kind}_temp_path {directory}/{kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        f"daemon off;\nmaster_process off;\npid {directory}/nginx.pid;\n"
+        f"error_log {directory}/error.log info;\nevents {{ worker_connections 64; }}\n"
+        f"http {{\n    access_log off;\n{temp}    include {directory}/kamisama.conf;\n}}\n"
+    )
+
 
 ENV_APP = """
     import json
@@ -258,8 +254,7 @@ def nginx_in_front(tmp_path: Path, serve: StartServer) -> Iterator[tuple[Server,
     directory = tmp_path / "nginx"
     directory.mkdir()
     (directory / "kamisama.conf").write_text(conf)
-    main = NGINX_MAIN.format(dir=directory)
-    (directory / "nginx.conf").write_text(main)
+    (directory / "nginx.conf").write_text(nginx_main(directory))
     proxy = GroupProcess(directory, [nginx, "-p", str(directory), "-c", "nginx.conf"], {})
     try:
 
