@@ -504,7 +504,7 @@ def kamisama_server(
 ) -> LiveServer:
     """The app of ``@pytest.mark.kamisama_app(...)``, else of the ini ``kamisama_app``."""
     config = request.config
-    here = config.inipath.parent if config.inipath else config.rootpath
+    here = _home(config)  # the same rule as start_server's default
     marker = request.node.get_closest_marker("kamisama_app")
     if marker is not None:
         options = dict(marker.kwargs)
