@@ -1,8 +1,10 @@
 # syntax=docker/dockerfile:1
 # A production-style image serving the Flask example with kamisama-serve.
+# (Building and running it needs a Docker engine; README.md, "Docker", shows
+# build, run, stop and the drain.)
 #
 #   docker build -t kamisama-example .
-#   docker run --rm -p 8000:8000 -e WEB_CONCURRENCY=4 kamisama-example
+#   docker run --rm -p 8000:8000 --cpus 2 kamisama-example
 #
 # Serve your own app: copy it instead of examples/ and change the CMD's APP.
 #
@@ -16,28 +18,46 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY kamisama_server ./kamisama_server
-# The server with uvloop, and Flask for the example app.
+# 1. The dependencies, in layers that only change with pyproject.toml: pip
+#    installs them for a stub package (an empty kamisama_server and README),
+#    then the stub goes. A code change does not reinstall any of them.
+COPY pyproject.toml ./
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install ".[uvloop]" "flask>=3"
+ && mkdir kamisama_server \
+ && touch kamisama_server/__init__.py README.md \
+ && /opt/venv/bin/pip install "hatchling>=1.21" ".[uvloop]" "flask>=3" \
+ && /opt/venv/bin/pip uninstall --yes kamisama-server \
+ && rm -r kamisama_server README.md
+# 2. The source: only the project itself is installed again (no download).
+COPY README.md ./
+COPY kamisama_server ./kamisama_server
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation .
 
 FROM python:3.11-slim
 # PORT: the CLI binds 0.0.0.0:$PORT when it is set (and no --bind is given).
 # WEB_CONCURRENCY: worker count; unset = the CPUs this process may run on,
-#   which does not see a `--cpus` quota, so set it to match your CPU limit.
+#   capped by the cgroup v2 CPU quota (`cpu.max`, which `docker run --cpus 2`
+#   and a Kubernetes CPU limit set) rounded up. Under cgroup v1 no quota is
+#   read: set WEB_CONCURRENCY to match the CPU limit there.
 # KAMISAMA_TIMEOUT: the drain gets 8 s, inside `docker stop`'s default 10 s
 #   before SIGKILL; raise both together (`docker stop -t`, stop_grace_period).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PORT=8000 \
     KAMISAMA_TIMEOUT=8
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+# A numeric USER: Kubernetes' runAsNonRoot can only check a number.
+RUN groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv
 # Owned by root, read-only for the app user.
 COPY examples ./examples
-USER app
+USER 10001:10001
 EXPOSE 8000
 STOPSIGNAL SIGTERM
+# Healthy while a worker answers GET / on $PORT: Python's urllib, no curl in
+# the image (urlopen raises, so the check fails, on a refused connection, a
+# timeout or a status of 400 or more).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:%s/' % os.environ.get('PORT', '8000'), timeout=2)"]
 CMD ["kamisama-serve", "examples.flask_app.app:app"]

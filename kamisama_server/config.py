@@ -19,7 +19,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from kamisama_server.loader import parse_app_spec
 from kamisama_server.sockets import (
@@ -31,6 +31,7 @@ from kamisama_server.sockets import (
     parse_bind,
     systemd_listen_fds,
 )
+from kamisama_server.version import VERSION
 
 ENV_PREFIX = "KAMISAMA_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -63,8 +64,9 @@ class ServeConfig:
     stall_timeout: float = 30.0
     http_parser: Literal["auto", "httptools", "h11"] = "auto"
     limit_concurrency: int | None = None
-    proxy_headers: bool = False
+    proxy_headers: bool = True
     forwarded_allow_ips: str = "127.0.0.1"
+    server_header: bool = True
     root_path: str = ""
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -287,11 +289,16 @@ OPTIONS: tuple[Option, ...] = (
            "Requests in flight per worker; more are answered 503.",
            "unlimited", _int(1), metavar="N"),
     Option("proxy_headers", ("--proxy-headers",),
-           "Trust `X-Forwarded-For`/`-Proto` (and `Forwarded`) from `--forwarded-allow-ips`.",
-           "off", _bool, "bool"),
+           "Trust `X-Forwarded-For`/`-Proto` (and `Forwarded`) from `--forwarded-allow-ips` "
+           "(as gunicorn and uvicorn do); `--no-proxy-headers` ignores them from everyone.",
+           "on", _bool, "bool"),
     Option("forwarded_allow_ips", ("--forwarded-allow-ips",),
-           "Comma-separated IPs or networks whose proxy headers are trusted, or `*`.",
+           "Comma-separated IPs or networks whose proxy headers are trusted, or `*` "
+           "(a peer on a Unix socket, such as a local nginx, always is).",
            "`127.0.0.1`", _allow_ips, metavar="IPS"),
+    Option("server_header", ("--server-header",),
+           "Send a `server: kamisama` header (unless the app sets its own `Server`).",
+           "on", _bool, "bool"),
     Option("root_path", ("--root-path",),
            "Path prefix the app is mounted at (ASGI `root_path`, WSGI `SCRIPT_NAME`).",
            "empty", _root_path, metavar="PATH"),
@@ -341,7 +348,11 @@ def build_parser(prog: str = "kamisama-serve") -> argparse.ArgumentParser:
         epilog="Every option can also be set as KAMISAMA_<OPTION> in the environment, "
         "e.g. KAMISAMA_WORKERS=4; command-line flags win.",
         argument_default=None,
+        # Exact flag names only: a prefix match would take uvicorn's `--header X:Y`
+        # as our `--header-timeout`.
+        allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     for option in OPTIONS:
         help_text = f"{option.help} Default: {option.default_doc}. Env: {option.env_name}."
         help_text = help_text.replace("`", "").replace("%", "%%")
@@ -386,7 +397,12 @@ def _from_env(parser: argparse.ArgumentParser, option: Option, environ: Mapping[
             return [option.parse(item) for item in re.split(r"[\s,]+", raw.strip())]
         return option.parse(raw)
     except argparse.ArgumentTypeError as exc:
-        parser.error(f"environment variable {option.env_name}: {exc}")
+        _env_error(parser, option.env_name, exc)
+
+
+def _env_error(parser: argparse.ArgumentParser, name: str, exc: Exception) -> NoReturn:
+    """One line naming the variable, exit 2: the usage is no help for a deployment setting."""
+    parser.exit(2, f"{parser.prog}: error: environment variable {name}: {exc}\n")
 
 
 def _conventional(
@@ -399,7 +415,7 @@ def _conventional(
     try:
         return parse(raw)
     except argparse.ArgumentTypeError as exc:
-        parser.error(f"environment variable {name}: {exc}")
+        _env_error(parser, name, exc)
 
 
 def _cpu_count(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
@@ -444,7 +460,10 @@ def _binds(
     ):
         binds, host, port = values["binds"], values["host"], values["port"]
         if binds and (host is not None or port is not None):
-            parser.error(f"{source}{names[0]} and {names[1]} cannot be combined; use one")
+            message = f"{names[0]} and {names[1]} cannot be combined; use one"
+            if source:
+                parser.exit(2, f"{parser.prog}: error: environment {message}\n")
+            parser.error(message)
         if binds:
             return tuple(binds)
         if host is not None or port is not None:

@@ -85,6 +85,7 @@ def http_config(config: ServeConfig) -> HttpConfig:
         root_path=config.root_path,
         proxy_headers=config.proxy_headers,
         forwarded_allow_ips=config.forwarded_allow_ips,
+        server_header=config.server_header,
         ssl=_ssl_context(config),
         access_log=config.access_log,
     )
@@ -322,7 +323,8 @@ def serve(config: ServeConfig) -> int:
     def announce() -> None:
         urls = ", ".join(listeners.urls(scheme))
         count = supervisor.target
-        print(f"kamisama: listening on {urls} ({count} workers, pid {os.getpid()})", flush=True)
+        workers_text = "1 worker" if count == 1 else f"{count} workers"
+        print(f"kamisama: listening on {urls} ({workers_text}, pid {os.getpid()})", flush=True)
 
     options = KamisamaOptions(
         setup=workers.setup,

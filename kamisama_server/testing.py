@@ -29,9 +29,23 @@ startup_timeout=30, stop_timeout=15, command=None, **options) -> LiveServer``
 ``kamisama_server``
     One server per test, from the closest ``@pytest.mark.kamisama_app(app,
     **options)`` marker, else from the ini options ``kamisama_app`` and
-    ``kamisama_args`` (extra flags, shell-split). This fixture runs the server in
-    the ini file's directory (else the rootdir), so ``APP`` and relative paths
-    resolve the same wherever pytest is started.
+    ``kamisama_args`` (extra flags, shell-split).
+
+Where the app is found, for every entry point (``kamisama_server``,
+``kamisama_server_factory``, ``start_server``): the server runs in the
+directory of pytest's ini file (else pytest's rootdir), so ``APP`` and
+relative paths resolve the same under ``pytest`` and ``cd tests && pytest``.
+``cwd=...`` (or ``app_dir=...``) says otherwise; outside a pytest run,
+``start_server`` uses the current directory.
+
+When a test that used a live server fails, the server's stderr from that test
+(its tracebacks; the last 12,000 characters) is added to pytest's report as a
+section ``kamisama-serve (pid N) stderr``.
+
+Servers die with pytest: on Linux each master is started with
+``PR_SET_PDEATHSIG`` (SIGTERM when the thread that started it ends, even if
+pytest is SIGKILLed), and its workers exit when their master does. Start
+servers from the main thread (fixtures are), not from a short-lived thread.
 
 ``LiveServer``: ``url`` (first listening URL), ``urls``, ``port``, ``workers``
 (as announced), ``pid`` (the master), ``process`` (its ``Popen``),
@@ -58,6 +72,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import re
 import shlex
@@ -81,6 +97,33 @@ _LISTENING = re.compile(
 _WORKER_STARTED = re.compile(r"\[kamisama\] worker (\d+) \(pid (\d+)\) started")
 _DEFAULT_BIND = "127.0.0.1:0"
 _POLL = 0.05
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Any:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies, or None.
+
+    libc is loaded here, in the parent: the child between fork and exec only
+    makes the one system call. Should the parent already be gone by then, the
+    child signals itself (the death signal would never come).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signals.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signals.SIGTERM)
+
+    return preexec
 
 
 class ServerStartError(RuntimeError):
@@ -176,12 +219,14 @@ class LiveServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # our own group: teardown can kill it whole
+            preexec_fn=_parent_death_signal(),  # and it dies with pytest, even a SIGKILLed one
         )
         self.pid = self.process.pid
         assert self.process.stdout is not None and self.process.stderr is not None
         self._out = _Output(self.process.stdout)
         self._err = _Output(self.process.stderr)
         _running.add(self)
+        _this_test.append(self)
 
     # ---- what it said --------------------------------------------------------------
 
@@ -319,6 +364,12 @@ class LiveServer:
 
 
 _running: set[LiveServer] = set()
+# Servers started since the current test's setup began (for its failure report).
+_this_test: list[LiveServer] = []
+# The ini file's directory (else the rootdir) of each pytest run in progress (a
+# pytester run nests one): where every entry point starts the server by default.
+_homes: list[str] = []
+_REPORT_TAIL = 12000
 
 
 @atexit.register
@@ -342,12 +393,17 @@ def start_server(
 ) -> LiveServer:
     """Start ``kamisama-serve APP`` and return once every worker accepts.
 
+    ``cwd`` defaults to the running pytest's ini directory (else its rootdir),
+    outside pytest to the current directory: see the module docstring.
+
     ``command`` replaces ``[sys.executable, "-m", "kamisama_server"]`` (e.g. the
     ``kamisama-serve`` script). Options become flags (see the module docstring);
     ``workers=None`` leaves the count to ``WEB_CONCURRENCY`` or the CPU count.
     """
     if not {"bind", "host", "port"} & options.keys():
         options["bind"] = _DEFAULT_BIND
+    if cwd is None and _homes:
+        cwd = _homes[-1]
     argv = [
         *(command or [sys.executable, "-m", "kamisama_server"]),
         app,
@@ -374,11 +430,55 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _home(config: pytest.Config) -> str:
+    return str(config.inipath.parent if config.inipath else config.rootpath)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _homes.append(_home(config))
     config.addinivalue_line(
         "markers",
         "kamisama_app(app, workers=2, **options): the app the kamisama_server fixture serves",
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _homes:
+        _homes.pop()
+
+
+_STDERR_SEEN = pytest.StashKey[dict[int, int]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Note how much each running server has said: the report shows only what came after."""
+    _this_test.clear()
+    item.stash[_STDERR_SEEN] = {id(server): len(server.stderr) for server in _running}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that used a live server gets the server's stderr (tracebacks) as a section.
+
+    The failing assertion (``assert 500 == 200``) says little; the app's
+    traceback is in the server's stderr, which no longer has to be dug out.
+    """
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.failed or report.when not in ("setup", "call"):
+        return
+    seen = item.stash.get(_STDERR_SEEN, {})
+    servers = [server for server in _running if id(server) in seen]
+    servers += [server for server in _this_test if server not in servers]
+    for server in servers:
+        text = server.stderr[seen.get(id(server), 0) :]
+        if len(text) > _REPORT_TAIL:
+            cut = len(text) - _REPORT_TAIL
+            text = f"[... {cut} earlier characters cut ...]\n" + text[cut:]
+        code = server.process.poll()
+        state = f", exited with code {code}" if code is not None else ""
+        report.sections.append((f"kamisama-serve (pid {server.pid}) stderr{state}", text))
 
 
 @pytest.fixture
@@ -404,7 +504,7 @@ def kamisama_server(
 ) -> LiveServer:
     """The app of ``@pytest.mark.kamisama_app(...)``, else of the ini ``kamisama_app``."""
     config = request.config
-    here = config.inipath.parent if config.inipath else config.rootpath
+    here = _home(config)  # the same rule as start_server's default
     marker = request.node.get_closest_marker("kamisama_app")
     if marker is not None:
         options = dict(marker.kwargs)

@@ -28,7 +28,7 @@ from processes import GroupProcess, pid_alive, wait_until
 
 SERVE = str(Path(sys.executable).with_name("kamisama-serve"))
 LISTENING = re.compile(
-    r"^kamisama: listening on (?P<urls>.+) \((?P<n>\d+) workers, pid (?P<pid>\d+)\)$"
+    r"^kamisama: listening on (?P<urls>.+) \((?P<n>\d+) workers?, pid (?P<pid>\d+)\)$"
 )
 STARTED = re.compile(r"worker (?P<wid>\d+) \(pid (?P<pid>\d+)\) started")
 

@@ -58,8 +58,9 @@ def test_defaults_are_issue_3s(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         header_timeout=10.0,
         http_parser="auto",
         limit_concurrency=None,
-        proxy_headers=False,
+        proxy_headers=True,
         forwarded_allow_ips="127.0.0.1",
+        server_header=True,
         root_path="",
         ssl_certfile=None,
         ssl_keyfile=None,
@@ -319,11 +320,36 @@ def test_keyfile_without_certfile_is_a_usage_error(
         ({"KAMISAMA_APP": "nocolon"}, "environment variable KAMISAMA_APP: 'nocolon'"),
     ],
 )  # fmt: skip
-def test_bad_environment_values_are_usage_errors_naming_the_variable(
+def test_a_bad_environment_value_is_one_line_naming_the_variable(
     capsys: pytest.CaptureFixture[str], env: dict[str, str], message: str
 ) -> None:
+    """A deployment setting gone wrong: one line and exit 2, not the whole usage."""
     argv = [] if "KAMISAMA_APP" in env else ["m:app"]
-    assert message in usage_error(capsys, argv, env)
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv, env)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kamisama-serve: error: environment ")
+    assert err.count("\n") == 1
+    assert message in err
+
+
+def test_flags_are_taken_by_their_exact_names_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn's `--header X:Y` must not become our `--header-timeout`."""
+    err = usage_error(capsys, ["m:app", "--header", "X:Y"], {})
+    assert "unrecognized arguments: --header X:Y" in err
+    usage_error(capsys, ["m:app", "--work", "2"], {})
+
+
+def test_server_header_and_proxy_header_flags() -> None:
+    """Both default on (proxy headers trusted from 127.0.0.1 only); both can be turned off."""
+    config = parse_args(["m:app"], {})
+    assert (config.server_header, config.proxy_headers) == (True, True)
+    assert config.forwarded_allow_ips == "127.0.0.1"
+    config = parse_args(["m:app", "--no-server-header", "--no-proxy-headers"], {})
+    assert (config.server_header, config.proxy_headers) == (False, False)
+    config = parse_args(["m:app"], {"KAMISAMA_SERVER_HEADER": "off"})
+    assert config.server_header is False
 
 
 def test_a_bad_env_value_is_not_read_when_a_flag_overrides_it() -> None:

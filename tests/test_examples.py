@@ -41,8 +41,28 @@ def test_readme_commands_name_the_example(example: str) -> None:
     ]
 
 
-def test_flask_example_routes(kamisama_server_factory: ServerFactory) -> None:
-    server = kamisama_server_factory("examples.flask_app.app:app", workers=2, cwd=REPO)
+def notes_round_trip(server: LiveServer, path: str = "/notes") -> None:
+    """Writes on fresh connections (spread over the workers), then every row read back."""
+    texts = [f"note {i}" for i in range(6)]
+    for text in texts:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            added = client.post(path, json={"text": text}, headers={"Connection": "close"})
+        assert added.status_code == 201, server.stderr
+        assert added.json()["text"] == text
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        listed = client.get(path).json()
+        rows = listed["entries"] if isinstance(listed, dict) else listed
+        assert [row["text"] for row in rows] == texts
+        assert client.post(path, json={"nope": 1}).status_code in (400, 422)
+
+
+def test_flask_example_routes(kamisama_server_factory: ServerFactory, tmp_path: Path) -> None:
+    server = kamisama_server_factory(
+        "examples.flask_app.app:app",
+        workers=2,
+        cwd=REPO,
+        env={"EXAMPLE_DB": str(tmp_path / "flask.sqlite3")},
+    )
     with httpx.Client(base_url=server.url, timeout=10) as client:
         home = client.get("/")
         assert home.status_code == 200
@@ -62,11 +82,12 @@ def test_flask_example_routes(kamisama_server_factory: ServerFactory) -> None:
 
         assert client.get("/missing").status_code == 404
         assert client.get("/echo").status_code == 405
+    notes_round_trip(server)
     assert server.stop(signal.SIGTERM) == 0
 
 
 def test_fastapi_example_routes_lifespan_and_websocket(
-    kamisama_server_factory: ServerFactory,
+    kamisama_server_factory: ServerFactory, tmp_path: Path
 ) -> None:
     """Served by the ``kamisama-serve`` script itself, with ``--app-dir`` as in the README."""
     server = kamisama_server_factory(
@@ -75,6 +96,7 @@ def test_fastapi_example_routes_lifespan_and_websocket(
         app_dir=EXAMPLES / "fastapi_app",
         command=[str(KAMISAMA_SERVE)],
         cwd=REPO,
+        env={"EXAMPLE_DB": str(tmp_path / "fastapi.sqlite3")},
     )
     assert server.workers == 2
     with httpx.Client(base_url=server.url, timeout=10) as client:
@@ -93,6 +115,64 @@ def test_fastapi_example_routes_lifespan_and_websocket(
         for text in ("hello", "kamisama", "é" * 1000):
             websocket.send(text)
             assert websocket.recv(timeout=10) == "echo: " + text
+    notes_round_trip(server)
+    assert server.stop(signal.SIGTERM) == 0
+
+
+DJANGO_COMMAND = (
+    "python examples/django_app/manage.py migrate && kamisama-serve guestsite.{kind}:application "
+    "--app-dir examples/django_app --workers 2"
+)
+
+
+def test_django_readme_gives_one_command_per_interface() -> None:
+    text = (EXAMPLES / "django_app" / "README.md").read_text()
+    found = re.findall(r"^(python examples/django_app/manage.py .+)$", text, re.MULTILINE)
+    assert found == [DJANGO_COMMAND.format(kind="wsgi"), DJANGO_COMMAND.format(kind="asgi")]
+
+
+def test_django_migrations_are_committed_and_complete(tmp_path: Path) -> None:
+    """``makemigrations --check``: the model and its committed migration agree."""
+    check = subprocess.run(
+        [sys.executable, "examples/django_app/manage.py", "makemigrations", "--check", "--dry-run"],
+        cwd=REPO,
+        env={**os.environ, "EXAMPLE_DB": str(tmp_path / "check.sqlite3")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert (EXAMPLES / "django_app/guestbook/migrations/0001_initial.py").exists()
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_django_example_serves_orm_views(
+    kamisama_server_factory: ServerFactory, tmp_path: Path, kind: str
+) -> None:
+    """The README's command, run as written: migrate, then serve with two workers."""
+    migrate, serve = DJANGO_COMMAND.format(kind=kind).split(" && ")
+    env = {"EXAMPLE_DB": str(tmp_path / "django.sqlite3")}
+    argv = shlex.split(migrate)
+    done = subprocess.run(
+        [sys.executable, *argv[1:]],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    words = shlex.split(serve)
+    server = kamisama_server_factory(
+        words[1], workers=None, args=words[2:], command=[str(KAMISAMA_SERVE)], cwd=REPO, env=env
+    )
+    assert server.workers == 2
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("/").text.startswith("Hello from Django on kamisama-serve")
+    notes_round_trip(server, "/entries")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("/async-count").json() == {"count": 6}
+        assert client.put("/entries").status_code == 405
     assert server.stop(signal.SIGTERM) == 0
 
 

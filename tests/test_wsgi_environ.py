@@ -87,7 +87,7 @@ def test_duplicate_headers_are_joined() -> None:
             (b"cookie", b"b=2"),
         ]
     )
-    assert env["HTTP_ACCEPT"] == "text/html, application/json"
+    assert env["HTTP_ACCEPT"] == "text/html,application/json"  # as gunicorn, wsgiref
     assert env["HTTP_COOKIE"] == "a=1; b=2"
 
 

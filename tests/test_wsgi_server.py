@@ -356,7 +356,7 @@ def test_environ_over_the_wire(server: BackgroundServer, client: httpx.Client) -
     assert env["REQUEST_METHOD"] == "GET"
     assert env["PATH_INFO"] == "/environ"
     assert env["QUERY_STRING"] == "a=1+2"
-    assert env["HTTP_X_DUP"] == "one, two"
+    assert env["HTTP_X_DUP"] == "one,two"
     assert env["SERVER_PORT"] == str(server.port)
     assert env["REMOTE_ADDR"] == "127.0.0.1"
     assert env["SERVER_PROTOCOL"] == "HTTP/1.1"

@@ -1,13 +1,20 @@
 """A small FastAPI (ASGI) app to serve with kamisama-serve: routes, a lifespan
-(run once in each worker, before it accepts) and a WebSocket echo.
+(run once in each worker, before it accepts), a WebSocket echo and a SQLite table.
 From the repository root: ``kamisama-serve examples.fastapi_app.app:app --workers 2``.
+
+The database is the file ``$EXAMPLE_DB`` (default: ``kamisama-fastapi-example.sqlite3``
+in the temporary directory). ``sqlite3`` blocks, so its routes are plain ``def``:
+FastAPI runs them in its thread pool and the event loop keeps serving meanwhile.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -15,10 +22,22 @@ from pydantic import BaseModel
 
 from kamisama_server import worker_id
 
+DB = os.environ.get("EXAMPLE_DB") or str(
+    Path(tempfile.gettempdir()) / "kamisama-fastapi-example.sqlite3"
+)
+
+
+def connect() -> sqlite3.Connection:
+    """A fresh connection per call: SQLite connections must not cross threads."""
+    return sqlite3.connect(DB, timeout=10)
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Per-worker resources go here (a database pool, an HTTP client...)."""
+    with connect() as db:  # every worker: IF NOT EXISTS makes their race harmless
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)")
     app.state.resources = {"worker": worker_id(), "pid": os.getpid()}
     yield
     app.state.resources.clear()
@@ -52,6 +71,26 @@ async def read_item(item_id: int, q: str | None = None) -> dict[str, Any]:
 async def echo(item: Item) -> Item:
     """The JSON body back, validated."""
     return item
+
+
+class NoteIn(BaseModel):
+    text: str
+
+
+@app.get("/notes")
+def list_notes() -> list[dict[str, Any]]:
+    """Every note, oldest first (a sync route: run in FastAPI's thread pool)."""
+    with connect() as db:
+        rows = db.execute("SELECT id, text FROM notes ORDER BY id").fetchall()
+    return [{"id": row[0], "text": row[1]} for row in rows]
+
+
+@app.post("/notes", status_code=201)
+def add_note(note: NoteIn) -> dict[str, Any]:
+    """Store a note; the new row back."""
+    with connect() as db:  # commits on leaving the block
+        note_id = db.execute("INSERT INTO notes (text) VALUES (?)", (note.text,)).lastrowid
+    return {"id": note_id, "text": note.text, "worker": worker_id()}
 
 
 @app.websocket("/ws")

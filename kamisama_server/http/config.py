@@ -36,7 +36,7 @@ class HttpConfig:
 
     # What the app sees.
     root_path: str = ""
-    proxy_headers: bool = False
+    proxy_headers: bool = True  # from forwarded_allow_ips only, as gunicorn and uvicorn
     forwarded_allow_ips: str = "127.0.0.1"  # comma-separated IPs/CIDRs, or "*"
     ssl: ssl.SSLContext | None = None
 

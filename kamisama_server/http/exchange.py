@@ -95,8 +95,13 @@ class Exchange(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def send_head(self, status: int, headers: Headers) -> None:
+    async def send_head(
+        self, status: int, headers: Headers, status_line: bytes | None = None
+    ) -> None:
         """Validate and send the status line and headers.
+
+        ``status_line`` (``b"HTTP/1.1 299 Custom Thing\\r\\n"``, already checked
+        by the adapter) replaces the standard line for ``status``.
 
         Raises ``ValueError`` for an invalid status or a header name/value with
         CR, LF or NUL (the adapter then answers 500). The engine adds ``Date``,
@@ -113,7 +118,9 @@ class Exchange(abc.ABC):
         """
         return None
 
-    def send_now(self, status: int, headers: Headers, body: bytes) -> bool:
+    def send_now(
+        self, status: int, headers: Headers, body: bytes, status_line: bytes | None = None
+    ) -> bool:
         """Send a whole response (head, ``body``, end) at once, without waiting.
 
         Returns False, having sent nothing, when that cannot be done without

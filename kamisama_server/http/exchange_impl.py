@@ -76,7 +76,7 @@ def _scan_headers(headers: Headers) -> _Scanned:
             own_date = True
         append(name)
         append(b": ")
-        append(value)
+        append(value.strip(b" \t"))  # as gunicorn: `Set-Cookie:  x` goes out as `x`
         append(b"\r\n")
     found = (b"".join(lines), length, close, own_server, own_date)
     if key is not None:
@@ -251,12 +251,14 @@ class HttpExchange(Exchange):
     def headers_sent(self) -> bool:
         return self._head_sent
 
-    async def send_head(self, status: int, headers: Headers) -> None:
+    async def send_head(
+        self, status: int, headers: Headers, status_line: bytes | None = None
+    ) -> None:
         if self._head_sent:
             raise RuntimeError("response head already sent")
         if self._proto.closed:
             raise ClientDisconnected("client disconnected")
-        self._pending_head = self._build_head(status, headers)
+        self._pending_head = self._build_head(status, headers, status_line)
         self._head_sent = True
         self.status = status
         self._proto.loop.call_soon(self._flush_head)
@@ -266,11 +268,13 @@ class HttpExchange(Exchange):
             raise ValueError(f"invalid response status {status!r}")
         _scan_headers(headers)  # cached: _build_head finds it again for free
 
-    def send_now(self, status: int, headers: Headers, body: bytes) -> bool:
+    def send_now(
+        self, status: int, headers: Headers, body: bytes, status_line: bytes | None = None
+    ) -> bool:
         proto = self._proto
         if self._head_sent or proto.closed or proto.writing_paused:
             return False
-        head = self._build_head(status, headers)
+        head = self._build_head(status, headers, status_line)
         framing = self._framing
         size = len(body)
         if framing == _LENGTH:
@@ -295,13 +299,13 @@ class HttpExchange(Exchange):
         self._complete()
         return True
 
-    def _build_head(self, status: int, headers: Headers) -> bytes:
+    def _build_head(self, status: int, headers: Headers, status_line: bytes | None) -> bytes:
         if type(status) is not int or not 200 <= status <= 599:
             raise ValueError(f"invalid response status {status!r}")
         proto = self._proto
         state = proto.state
         fields, length, close, own_server, own_date = _scan_headers(headers)
-        parts = [STATUS_LINES[status], fields]
+        parts = [status_line or STATUS_LINES[status], fields]
         append = parts.append
         head = self.head
         version_10 = head.http_version == "1.0"

@@ -41,8 +41,13 @@ class TrustedProxies:
         client: tuple[str, int] | None,
         scheme: str,
     ) -> tuple[tuple[str, int] | None, str]:
-        """The (client, scheme) the app should see, given the request headers."""
-        if client is None or not self.trusts(client[0]):
+        """The (client, scheme) the app should see, given the request headers.
+
+        A Unix socket peer (``client`` None) is trusted, as gunicorn does: only
+        local processes allowed by the socket file's permissions reach it, and
+        the usual one is the proxy in front (deploy/nginx.conf).
+        """
+        if client is not None and not self.trusts(client[0]):
             return client, scheme
         for name, value in headers:
             if name == b"x-forwarded-proto":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -73,34 +74,42 @@ class Abandoned(ClientDisconnected):
 # Apps answer with the same few status lines and header lists again and again:
 # each is checked and encoded once. Bounded, since some carry per-response values.
 _CACHE_MAX = 512
-_STATUS_CODES: dict[str, int] = {}
+_STATUS_CODES: dict[str, tuple[int, bytes | None]] = {}
+# CR, LF, NUL and the other control characters (HTAB is allowed in a reason phrase).
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 _ENCODED: dict[tuple[tuple[str, str], ...], tuple[Headers, int | None]] = {}
 
 
-def _parse_status(status: str) -> int:
-    """The status code of a WSGI status line ("200 OK"); ValueError if malformed."""
+def _parse_status(status: str) -> tuple[int, bytes | None]:
+    """The code of a WSGI status line ("200 OK") and the status line to send; ValueError if bad.
+
+    The app's reason phrase goes out as given (``299 Custom Thing``, Werkzeug's
+    ``206 PARTIAL CONTENT``); the line is None when the status has no phrase
+    (the engine then sends the standard one). A phrase with a control
+    character, or one that is not latin-1, is refused (the app gets a 500).
+    """
     if type(status) is not str:
         raise TypeError(f"status must be a str, got {type(status).__name__}")
-    value = _STATUS_CODES.get(status)
-    if value is not None:
-        return value
+    found = _STATUS_CODES.get(status)
+    if found is not None:
+        return found
     code = status[:3]
     if (
         len(code) != 3
         or not code.isdigit()
         or (len(status) > 3 and status[3] != " ")
-        or "\r" in status
-        or "\n" in status
-        or "\0" in status
+        or _CONTROL.search(status)
     ):
         raise ValueError(f"invalid status line {status!r}")
     value = int(code)
     if value < 100:
         raise ValueError(f"invalid status code {status!r}")
+    phrase = status[4:]
+    line = b"HTTP/1.1 %d %b\r\n" % (value, phrase.encode("latin-1")) if phrase else None
     if len(_STATUS_CODES) >= _CACHE_MAX:
         _STATUS_CODES.clear()
-    _STATUS_CODES[status] = value
-    return value
+    _STATUS_CODES[status] = found = (value, line)
+    return found
 
 
 def _encode_headers(headers: list[tuple[str, str]]) -> tuple[Headers, int | None]:
@@ -164,6 +173,7 @@ class WsgiCall:
         "queued",
         "sent",
         "status",
+        "status_line",
         "step_started",
         "stream",
         "streaming",
@@ -188,6 +198,7 @@ class WsgiCall:
         self.exchange = exchange
         self.loop = loop
         self.status = 0
+        self.status_line: bytes | None = None
         self.headers: Headers = []
         self.declared: int | None = None
         self.sent = 0  # body bytes accepted from the app (after truncation)
@@ -299,7 +310,7 @@ class WsgiCall:
                 exc_info = None  # no reference cycle through the traceback
         elif self.status:
             raise RuntimeError("start_response called twice without exc_info")
-        code = _parse_status(status)
+        code, self.status_line = _parse_status(status)
         self.headers, self.declared = _encode_headers(headers)
         self.status = code
         return self.write
@@ -429,7 +440,7 @@ class WsgiCall:
         exchange = self.exchange
         try:
             if not exchange.headers_sent:
-                await exchange.send_head(self.status, self.headers)
+                await exchange.send_head(self.status, self.headers, self.status_line)
             await _write_all(exchange, items)
         except (ValueError, OSError) as exc:
             self._fail_loop(exc)
@@ -457,7 +468,7 @@ class WsgiCall:
         items = self.items
         body = items[0] if len(items) == 1 else b"".join(items)
         try:
-            return self.exchange.send_now(self.status, self.headers, body)
+            return self.exchange.send_now(self.status, self.headers, body, self.status_line)
         except ValueError:
             return False  # complete() answers 500 and logs why
 
@@ -478,7 +489,7 @@ class WsgiCall:
                 if not self.streaming and self.declared is None and file is None:
                     self._add_length(headers)
                 try:
-                    await exchange.send_head(self.status, headers)
+                    await exchange.send_head(self.status, headers, self.status_line)
                 except ValueError as exc:
                     log.error("invalid response head from the WSGI app: %s", exc)
                     await _plain_response(exchange, 500, b"Internal Server Error")

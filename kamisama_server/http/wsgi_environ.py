@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from kamisama_server.http.exchange import RequestHead
+from kamisama_server.version import SERVER_SOFTWARE
 
 Environ = dict[str, Any]
 
@@ -74,6 +75,7 @@ class EnvironBuilder:
             "wsgi.input_terminated": True,
             "wsgi.file_wrapper": file_wrapper,
             "SCRIPT_NAME": "",
+            "SERVER_SOFTWARE": SERVER_SOFTWARE,
         }
         self._keys: dict[bytes, str | None] = {}
         self._root_path = ""
@@ -115,7 +117,8 @@ class EnvironBuilder:
             if key in env:
                 # Several lines of one header are one comma-separated list (RFC 9110
                 # 5.3), except Cookie, whose pairs are separated by "; " (RFC 9113 8.2.3).
-                sep = "; " if key == "HTTP_COOKIE" else ", "
+                # "," without a space, as gunicorn, granian, hypercorn and wsgiref join.
+                sep = "; " if key == "HTTP_COOKIE" else ","
                 env[key] = env[key] + sep + text
             else:
                 env[key] = text
