@@ -53,6 +53,8 @@ CRASH_WINDOW = 10.0
 """Seconds over which a slot's crashes after readiness are counted."""
 CRASH_LIMIT = 3
 """The crash of healthy workers (within ``CRASH_WINDOW``) from which a slot backs off."""
+_DUMP_TIME = 0.5
+"""Seconds a worker whose loop is stuck gets to write its stack before it is killed."""
 MAX_SLEEP = 1.0
 """The loop wakes at least this often, whatever happens (a missed wakeup costs 1 s)."""
 _RESTART_NAME = RESTART_SIGNAL.name if RESTART_SIGNAL else "SIGUSR1"
@@ -89,7 +91,7 @@ class _Process:
     inbox: bytes = b""
     last_beat: float | None = None  # its event loop's last heartbeat (heartbeat_timeout)
     being_replaced: bool = False  # asked for, or given, a successor
-    loop_stuck: bool = False  # its heartbeat stopped: killed once its successor is ready
+    loop_stuck: float | None = None  # when its heartbeat was found stopped (its stack dumped)
 
 
 @dataclass
@@ -483,7 +485,7 @@ class Supervisor:
                 if worker_side.STACK_SIGNAL is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, worker_side.STACK_SIGNAL)
-                process.loop_stuck = True
+                process.loop_stuck = now
                 self._replace(process, "its event loop is stuck")
 
     def _replace(self, process: _Process, reason: str) -> None:
@@ -535,9 +537,12 @@ class Supervisor:
                 return
             if not current.ready:
                 return
-            current.replacing = False
-            deadline = time.monotonic() + self.options.timeout
             old = self.processes.get(rolling.old_pid or 0)
+            now = time.monotonic()
+            if old is not None and old.loop_stuck and now - old.loop_stuck < _DUMP_TIME:
+                return  # let it write its stack first (the loop looks again within 1 s)
+            current.replacing = False
+            deadline = now + self.options.timeout
             if old is not None and old.loop_stuck:
                 # Its loop cannot drain anything: once the successor serves, it goes.
                 with contextlib.suppress(ProcessLookupError):
