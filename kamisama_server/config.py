@@ -69,6 +69,7 @@ class ServeConfig:
     ssl_keyfile: str | None = None
     access_log: bool = False
     log_level: str = "info"
+    log_config: str | None = None
     preload: bool = False
     limit_request_line: int = 8190
     limit_request_fields: int = 100
@@ -297,8 +298,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("access_log", ("--access-log",),
            "Log one line per request on stdout (costs ~70% more CPU on a hello route).",
            "off", _bool, "bool"),
-    Option("log_level", ("--log-level",), "Logging level.", "info", _choice(LOG_LEVELS),
-           metavar="|".join(LOG_LEVELS)),
+    Option("log_level", ("--log-level",),
+           "Level of every `kamisama` logger: master and worker events, errors, access.",
+           "info", _choice(LOG_LEVELS), metavar="|".join(LOG_LEVELS)),
+    Option("log_config", ("--log-config",),
+           "Logging config file replacing ours: `dictConfig` as JSON, or an `.ini` for "
+           "`fileConfig`; `--log-level` then does not apply.",
+           "none", _existing_file, metavar="FILE"),
     Option("preload", ("--preload",), "Import the app in the master, before forking workers.",
            "off", _bool, "bool"),
     Option("limit_request_line", ("--limit-request-line",),

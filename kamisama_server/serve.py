@@ -14,11 +14,10 @@ import logging
 import os
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from kamisama_server.config import ServeConfig
 from kamisama_server.http.asgi import AsgiAdapter
@@ -29,17 +28,32 @@ from kamisama_server.http.lifespan import LifespanFailed
 from kamisama_server.http.server import HttpServer
 from kamisama_server.http.wsgi import WSGIAdapter
 from kamisama_server.loader import LoadError, as_asgi3, detect_interface, load_app, load_hook
+from kamisama_server.logs import configure_server as configure_logging
+from kamisama_server.logs import write_line
 from kamisama_server.options import KamisamaOptions
 from kamisama_server.sockets import BindError, Listeners, bind_listeners
 from kamisama_server.supervisor import Supervisor, check_platform
-from kamisama_server.worker import log, ready, request_replacement, worker_id
+from kamisama_server.worker import (
+    log,
+    ready,
+    report_failure,
+    request_replacement,
+    worker_id,
+)
 
 EXIT_CANNOT_START = 3
 EXIT_CANNOT_BIND = 4
 
 
 class StartupFailed(Exception):
-    """The app cannot be served: one clear line, exit 3, no respawn loop."""
+    """The app cannot be served: one clear line, exit 3, no respawn loop.
+
+    ``detail`` (a traceback, or empty) is logged at debug level only.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass
@@ -108,8 +122,17 @@ def load(config: ServeConfig) -> _Loaded:
             load_hook(config.shutdown_hook, config.app_dir) if config.shutdown_hook else None
         )
     except LoadError as error:
-        raise StartupFailed(str(error)) from None
+        raise StartupFailed(str(error), error.detail) from None
     return _Loaded(app, interface, run_hook, shutdown_hook)
+
+
+def _cannot_start(wid: int, error: StartupFailed) -> NoReturn:
+    """In a worker: the master says it once (``report_failure``); our copy is debug."""
+    who = f"worker {wid} (pid {os.getpid()})"
+    detail = f"\n{error.detail}" if error.detail else ""
+    log(f"{who} cannot start: {error}{detail}", logging.DEBUG)
+    report_failure(str(error))
+    raise SystemExit(EXIT_CANNOT_START)
 
 
 async def _call(hook: Callable[..., Any], *args: Any) -> None:
@@ -159,8 +182,7 @@ class ServerWorkers:
                 if inspect.isawaitable(result):
                     pending = result  # an async hook: awaited on the loop
         except StartupFailed as error:
-            log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
-            raise SystemExit(EXIT_CANNOT_START) from None
+            _cannot_start(wid, error)
         return self._serve(wid, loaded, mine, pending)
 
     async def _serve(
@@ -175,8 +197,7 @@ class ServerWorkers:
                 await pending
             handler = self.state.handler = await self._make_handler(loaded)
         except LifespanFailed as error:
-            log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
-            raise SystemExit(EXIT_CANNOT_START) from None
+            _cannot_start(wid, StartupFailed(str(error)))
         seat = self.state.seat = self.board.claim(wid) if self.board is not None else None
         server = self.state.server = self._new_server(handler, seat=seat, on_tick=self._on_tick)
         await server.start(mine)
@@ -206,7 +227,7 @@ class ServerWorkers:
     def _stuck(self, report: str) -> None:
         """A WSGI call ran over --request-timeout: say so, and get a successor (once)."""
         who = f"worker {worker_id()} (pid {os.getpid()})"
-        log(f"{who}: {report}")
+        log(f"{who}: {report}", logging.ERROR)
         if not self.state.replacing:
             self.state.replacing = True
             request_replacement("a request ran over --request-timeout")
@@ -285,39 +306,38 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="[%(name)s] %(levelname)s %(message)s"
-    )
-    logging.getLogger("kamisama.access").propagate = False
-    access = logging.StreamHandler(sys.stdout)
-    access.setFormatter(logging.Formatter("%(message)s"))
-    logging.getLogger("kamisama.access").addHandler(access)
-
-
 def serve(config: ServeConfig) -> int:
     """Bind, fork, serve until a shutdown signal; the process exit code."""
     check_platform()
-    _configure_logging(config.log_level)
+    try:
+        configure_logging(config.log_level, config.log_config)
+    except ValueError as error:
+        log(f"cannot start: {error}", logging.ERROR)
+        return EXIT_CANNOT_START
     loaded: _Loaded | None = None
     if config.preload:
         try:
             loaded = load(config)
         except StartupFailed as error:
-            log(f"cannot start: {error}")
+            log(f"cannot start: {error}", logging.ERROR)
+            if error.detail:
+                log(error.detail, logging.DEBUG)
             return EXIT_CANNOT_START
     try:
         http = http_config(config)  # a bad certificate: a startup error, found before binding
     except (OSError, ssl.SSLError) as error:
         key = config.ssl_keyfile or config.ssl_certfile  # the key may sit in the cert file
-        log(f"cannot start: TLS certificate {config.ssl_certfile} with key {key}: {error}")
+        log(
+            f"cannot start: TLS certificate {config.ssl_certfile} with key {key}: {error}",
+            logging.ERROR,
+        )
         return EXIT_CANNOT_START
     try:
         listeners = bind_listeners(
             config.binds, slots=config.workers, mode=config.socket_mode, backlog=config.backlog
         )
     except BindError as error:
-        log(f"cannot bind {error}")
+        log(f"cannot bind {error}", logging.ERROR)
         return EXIT_CANNOT_BIND
     board = LoadBoard() if config.socket_mode == "shared" else None
     workers = ServerWorkers(config, http, listeners, loaded, board)
@@ -326,7 +346,8 @@ def serve(config: ServeConfig) -> int:
     def announce() -> None:
         urls = ", ".join(listeners.urls(scheme))
         count = supervisor.target
-        print(f"kamisama: listening on {urls} ({count} workers, pid {os.getpid()})", flush=True)
+        # stdout, not the log: the line tools wait for, whatever the log level.
+        write_line(1, f"kamisama: listening on {urls} ({count} workers, pid {os.getpid()})")
 
     options = KamisamaOptions(
         run=workers.run,

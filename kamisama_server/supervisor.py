@@ -12,6 +12,7 @@ the worker writes ``ready``; when the master dies, the worker reads end-of-file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import selectors
 import signal
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from kamisama_server import worker as worker_side
+from kamisama_server.logs import ensure_default_handler
 from kamisama_server.options import KamisamaOptions, resolve_options
 from kamisama_server.signals import (
     RESTART_SIGNAL,
@@ -76,6 +78,7 @@ class _Process:
     inbox: bytes = b""
     last_beat: float | None = None  # its event loop's last heartbeat (heartbeat_timeout)
     being_replaced: bool = False  # asked for, or given, a successor
+    failure: str | None = None  # why it cannot start, as the worker said (``failed ...``)
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Supervisor:
     # ---- the loop -------------------------------------------------------------
 
     def run(self) -> int:
+        ensure_default_handler()
         self._install_signal_handlers()
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         try:
@@ -159,7 +163,8 @@ class Supervisor:
         except OSError:
             data = b""
         if not data:  # the worker is exiting; the reaper takes it from here
-            self.selector.unregister(process.channel)
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(process.channel)
             return
         process.inbox += data
         while b"\n" in process.inbox:
@@ -168,6 +173,8 @@ class Supervisor:
                 process.last_beat = time.monotonic()
             elif line.startswith(b"replace "):
                 self._replace(process, line[8:].decode("utf-8", "replace"))
+            elif line.startswith(b"failed "):
+                process.failure = line[7:].decode("utf-8", "replace")
             elif line == b"ready" and not process.ready:
                 process.ready = True
                 if process.wid in self.down and not process.stopping:
@@ -235,7 +242,7 @@ class Supervisor:
             try:
                 self.options.on_shutdown(name)
             except Exception as error:
-                log(f"on_shutdown failed: {error!r}")
+                log(f"on_shutdown failed: {error!r}", logging.ERROR)
         for process in self.processes.values():
             self._stop_process(process, name, deadline)
 
@@ -255,7 +262,7 @@ class Supervisor:
                 os.kill(process.pid, signal.SIGKILL)
             process.killed = True
             who = f"worker {process.wid} (pid {process.pid})"
-            log(f"{who} killed after timeout {self.options.timeout}s")
+            log(f"{who} killed after timeout {self.options.timeout}s", logging.WARNING)
             if self.stopping:
                 self.status = max(self.status, EXIT_WORKER_FAILED)
 
@@ -269,7 +276,10 @@ class Supervisor:
             except Exception as error:
                 self.failures[wid] = self.failures.get(wid, 0) + 1
                 delay = backoff_delay(self.failures[wid])
-                log(f"worker {wid} could not be prepared ({error}); retrying in {delay:.1f}s")
+                log(
+                    f"worker {wid} could not be prepared ({error}); retrying in {delay:.1f}s",
+                    logging.ERROR,
+                )
                 self.respawn_at[wid] = time.monotonic() + delay
                 return None
         master_end, worker_end = socket.socketpair()
@@ -327,9 +337,7 @@ class Supervisor:
         except SystemExit as exit_request:
             code = exit_request.code if isinstance(exit_request.code, int) else 1
         except BaseException:
-            import traceback
-
-            traceback.print_exc()
+            log(f"worker {wid} (pid {os.getpid()}) crashed", logging.ERROR, exc_info=True)
         worker_side.exit_now(code)
 
     def _reap(self) -> None:
@@ -342,6 +350,7 @@ class Supervisor:
                 done, status = pid, 0
             if done:
                 del self.processes[pid]
+                self._read_channel(process)  # a last "failed ..." line, if any
                 self._forget(process)
                 self._on_exit(process, status)
 
@@ -356,6 +365,7 @@ class Supervisor:
                 return
             process = self.processes.pop(pid, None)
             if process is not None:
+                self._read_channel(process)
                 self._forget(process)
                 self._on_exit(process, status)
 
@@ -374,16 +384,23 @@ class Supervisor:
             if clean:
                 log(f"{who} shut down")
             else:
-                log(f"{who} {reason} during shutdown; not respawned")
+                # A sibling that failed to start too was already told about: no repeat.
+                level = logging.DEBUG if process.failure else logging.WARNING
+                log(f"{who} {reason} during shutdown; not respawned", level)
                 if self.stopping:
                     self.status = max(self.status, EXIT_WORKER_FAILED)
             return
         if process.replacing:
-            log(f"{who} {reason} before it became ready; rolling restart abandoned")
+            why = process.failure and f"cannot start: {process.failure}"
+            log(
+                f"{who} {why or reason + ' before it became ready'}; rolling restart abandoned",
+                logging.ERROR,
+            )
             self.rolling = None
             return
         if self.options.fail_fast and not process.ready:
-            log(f"{who} {reason} before it became ready; stopping")
+            why = process.failure and f"cannot start: {process.failure}"
+            log(f"{who} {why or reason + ' before it became ready'}; stopping", logging.ERROR)
             self.status = EXIT_NEVER_READY
             self._begin_shutdown("SIGTERM", why="a worker could not start")
             return
@@ -392,7 +409,7 @@ class Supervisor:
         if not clean:
             self.failures[process.wid] = self.failures.get(process.wid, 0) + 1
         delay = backoff_delay(self.failures.get(process.wid, 0))
-        log(f"{who} {reason}; respawning in {delay:.1f}s")
+        log(f"{who} {reason}; respawning in {delay:.1f}s", logging.WARNING)
         self.respawn_at[process.wid] = time.monotonic() + delay
         if process.wid not in self.down and self._serving(process.wid) is None:
             self.down.add(process.wid)
@@ -429,7 +446,8 @@ class Supervisor:
                 who = f"worker {process.wid} (pid {process.pid})"
                 log(
                     f"{who}: no heartbeat for {now - beat:.1f}s (its event loop is stuck); "
-                    "its threads' stacks follow"
+                    "its threads' stacks follow",
+                    logging.WARNING,
                 )
                 if worker_side.STACK_SIGNAL is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -441,7 +459,7 @@ class Supervisor:
         if process.being_replaced or process.stopping or self.stopping:
             return
         process.being_replaced = True
-        log(f"worker {process.wid} (pid {process.pid}) is replaced: {reason}")
+        log(f"worker {process.wid} (pid {process.pid}) is replaced: {reason}", logging.WARNING)
         if self.rolling is None:
             self.rolling = _RollingRestart(queue=[process.wid])
         elif process.wid not in self.rolling.queue:
