@@ -99,6 +99,7 @@ def http_config(config: ServeConfig) -> HttpConfig:
         forwarded_allow_ips=config.forwarded_allow_ips,
         ssl=_ssl_context(config),
         access_log=config.access_log,
+        access_log_format=config.access_log_format,
     )
 
 

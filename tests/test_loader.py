@@ -249,9 +249,7 @@ def test_factory_that_raises_is_an_import_error_with_traceback(app_dir: Path) ->
         "def create_app(config=None):\n    return None\n",
     ],
 )
-def test_a_factory_without_factory_flag_is_refused_with_a_hint(
-    app_dir: Path, source: str
-) -> None:
+def test_a_factory_without_factory_flag_is_refused_with_a_hint(app_dir: Path, source: str) -> None:
     write(app_dir, "fact.py", source)
     with pytest.raises(AppFactoryError, match="looks like an app factory: pass --factory"):
         load_app("fact:create_app", app_dir=str(app_dir))
