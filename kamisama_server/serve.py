@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -310,6 +311,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 def serve(config: ServeConfig) -> int:
     """Bind, fork, serve until a shutdown signal; the process exit code."""
     check_platform()
+    if config.log_config and config.app_dir not in sys.path:
+        sys.path.insert(0, config.app_dir)  # its formatters and filters may live by the app
     try:
         configure_logging(config.log_level, config.log_config)
     except ValueError as error:
