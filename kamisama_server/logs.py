@@ -91,11 +91,13 @@ def configure_server(level: str, config_file: str | None = None) -> None:
         load_config_file(config_file)
     else:
         tree = logging.getLogger(TREE)
-        for handler in list(tree.handlers):
-            tree.removeHandler(handler)
+        access = logging.getLogger(f"{TREE}.access")
+        for logger in (tree, access):  # ours only: filters others added stay
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
         _attach(tree, LineHandler(2), LINE_FORMAT)
         tree.setLevel(level.upper())
-        _attach(logging.getLogger(f"{TREE}.access"), LineHandler(1), "%(message)s")
+        _attach(access, LineHandler(1), "%(message)s")
     _adopt_uvicorn()
 
 

@@ -10,6 +10,7 @@ Each test runs the real console script (see serve_support.py).
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 from collections.abc import Iterator
@@ -127,6 +128,54 @@ def test_log_config_json_replaces_our_setup_and_can_emit_json(
     assert {"kamisama.master", "kamisama.access"} <= loggers, server.err
     assert any(r["message"].startswith("worker 1 (pid ") for r in records)
     assert any('"GET / HTTP/1.1" 200' in r["message"] for r in records)
+
+
+INI_CONFIG = """
+[loggers]
+keys=root,kamisama
+
+[handlers]
+keys=err
+
+[formatters]
+keys=plain
+
+[logger_root]
+handlers=
+
+[logger_kamisama]
+level=WARNING
+handlers=err
+propagate=0
+qualname=kamisama
+
+[handler_err]
+class=StreamHandler
+formatter=plain
+args=(sys.stderr,)
+
+[formatter_plain]
+format=INI %(levelname)s %(name)s %(message)s
+"""
+
+
+def test_log_config_ini_is_read_with_file_config(serve: StartServer, tmp_path: Path) -> None:
+    path = tmp_path / "logging.ini"
+    path.write_text(INI_CONFIG)
+    server = started(
+        serve, ["app:app", "-w", "1", "--log-config", str(path)], modules={"app": PID_APP}
+    )
+    stop(server)  # INFO lines: below the file's WARNING
+    assert server.err == "", server.output()
+    killed = serve(
+        ["app:app", "-w", "1", "--log-config", str(path), "--bind", "127.0.0.1:0"],
+        modules={"app": PID_APP},
+    )
+    killed.wait_listening()
+    worker = next(iter(killed.answering_pids(1)))
+    os.kill(worker, signal.SIGKILL)
+    killed.wait_for_log("respawning in")
+    assert "INI WARNING kamisama.master worker 1 (pid " in killed.err, killed.output()
 
 
 def test_a_bad_log_config_stops_with_exit_3_naming_the_file(
