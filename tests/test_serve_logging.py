@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from serve_support import ASGI_PID_APP, PID_APP, Server, StartServer, serving
+from test_serve_cli import ASGI_APP
 
 BIND = ["--bind", "127.0.0.1:0", "--timeout", "5"]
 LINE = re.compile(
@@ -273,24 +274,10 @@ def test_a_bad_access_log_format_is_a_usage_error(serve: StartServer) -> None:
     assert "unknown access log atom %(nope)s" in server.err
 
 
-LIFESPAN_APP = """
-    import os
-
-    async def app(scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
-"""
-
-
 def test_lifespan_lines_appear_once_per_server_not_per_worker(serve: StartServer) -> None:
-    server = started(serve, ["app:app", "-w", "2"], modules={"app": LIFESPAN_APP})
-    assert len(server.answering_pids(2)) == 2  # both workers ran their lifespan startup
+    # Listening is announced once every worker is ready, i.e. past its lifespan startup.
+    server = started(serve, ["app:app", "-w", "2"], modules={"app": ASGI_APP})
+    assert server.workers == 2
     stop(server)
     err = server.err
     for text in ("Waiting for application startup.", "Application startup complete."):
