@@ -129,11 +129,10 @@ def load(config: ServeConfig) -> _Loaded:
 
 
 def _cannot_start(wid: int, error: StartupFailed) -> NoReturn:
-    """In a worker: the master says it once (``report_failure``); our copy is debug."""
-    who = f"worker {wid} (pid {os.getpid()})"
-    detail = f"\n{error.detail}" if error.detail else ""
-    log(f"{who} cannot start: {error}{detail}", logging.DEBUG)
-    report_failure(str(error))
+    """In a worker: the master says it once, with the traceback below at debug level
+    (``report_failure``); the worker's own copy of the line is debug."""
+    log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}", logging.DEBUG)
+    report_failure(str(error), error.detail)
     raise SystemExit(EXIT_CANNOT_START)
 
 

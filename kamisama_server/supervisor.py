@@ -12,6 +12,7 @@ the worker writes ``ready``; when the master dies, the worker reads end-of-file.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import selectors
@@ -62,6 +63,15 @@ def describe_exit(status: int) -> str:
     return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
+def _failure(payload: bytes) -> tuple[str, str]:
+    """A ``failed`` line's reason and detail (see ``worker.report_failure``)."""
+    try:
+        data = json.loads(payload)
+        return str(data["reason"]), str(data.get("detail", ""))
+    except (ValueError, KeyError, TypeError):
+        return payload.decode("utf-8", "replace"), ""
+
+
 @dataclass
 class _Process:
     """One forked worker, as the master sees it."""
@@ -79,6 +89,7 @@ class _Process:
     last_beat: float | None = None  # its event loop's last heartbeat (heartbeat_timeout)
     being_replaced: bool = False  # asked for, or given, a successor
     failure: str | None = None  # why it cannot start, as the worker said (``failed ...``)
+    failure_detail: str = ""  # and its traceback, if any
 
 
 @dataclass
@@ -174,7 +185,7 @@ class Supervisor:
             elif line.startswith(b"replace "):
                 self._replace(process, line[8:].decode("utf-8", "replace"))
             elif line.startswith(b"failed "):
-                process.failure = line[7:].decode("utf-8", "replace")
+                process.failure, process.failure_detail = _failure(line[7:])
             elif line == b"ready" and not process.ready:
                 process.ready = True
                 if process.wid in self.down and not process.stopping:
@@ -401,6 +412,8 @@ class Supervisor:
         if self.options.fail_fast and not process.ready:
             why = process.failure and f"cannot start: {process.failure}"
             log(f"{who} {why or reason + ' before it became ready'}; stopping", logging.ERROR)
+            if process.failure_detail:
+                log(process.failure_detail, logging.DEBUG)
             self.status = EXIT_NEVER_READY
             self._begin_shutdown("SIGTERM", why="a worker could not start")
             return

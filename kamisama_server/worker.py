@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import faulthandler
 import inspect
+import json
 import logging
 import os
 import selectors
@@ -87,17 +88,18 @@ def request_replacement(reason: str) -> None:
         _channel.sendall(line.encode("utf-8", "replace") + b"\n")
 
 
-def report_failure(reason: str) -> None:
+def report_failure(reason: str, detail: str = "") -> None:
     """Tell the master why this worker cannot start, before exiting non-zero.
 
-    The master names ``reason`` once in its fail-fast line, so N workers failing
-    alike give one line, not N.
+    The master names ``reason`` once in its fail-fast line (``detail``, e.g. a
+    traceback, goes below it at debug level), so N workers failing alike give
+    one line, not N.
     """
     if _channel is None:
         return
-    line = "failed " + reason.replace("\n", " ")[:1000]
+    payload = json.dumps({"reason": reason[:1000], "detail": detail[:50_000]})
     with contextlib.suppress(OSError):
-        _channel.sendall(line.encode("utf-8", "replace") + b"\n")
+        _channel.sendall(b"failed " + payload.encode("ascii") + b"\n")
 
 
 STACK_SIGNAL = getattr(signal, "SIGURG", None)

@@ -302,12 +302,16 @@ def test_an_app_that_cannot_be_imported_is_one_line_and_exit_3(serve: StartServe
     assert len(lines) <= 4 + 2 + 3, server.output()
 
 
-def test_import_failure_traceback_is_at_debug_level(serve: StartServer) -> None:
+def test_import_failure_traceback_is_once_at_debug_level(serve: StartServer) -> None:
     broken = "raise RuntimeError('no DATABASE_URL')\n"
-    server = serve(["app:app", "-w", "1", "--log-level", "debug", *BIND], modules={"app": broken})
+    args = ["app:app", "-w", "3", "--log-level", "debug", *BIND]
+    server = serve(args, modules={"app": broken})
     assert server.wait(15) == 3, server.output()
-    assert "Traceback (most recent call last)" in server.err
-    assert " DEBUG [kamisama] worker 1 (pid " in server.err
+    assert server.err.count("Traceback (most recent call last)") == 1, server.output()
+    lines = server.err.splitlines()
+    cause = next(i for i, line in enumerate(lines) if " ERROR [kamisama] " in line)
+    trace = next(i for i, line in enumerate(lines) if "Traceback (most recent" in line)
+    assert trace > cause and " DEBUG [kamisama] " in lines[trace], server.output()
 
 
 def test_a_factory_without_factory_flag_stops_with_a_hint(serve: StartServer) -> None:
