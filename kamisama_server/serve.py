@@ -34,13 +34,7 @@ from kamisama_server.logs import write_line
 from kamisama_server.options import KamisamaOptions
 from kamisama_server.sockets import BindError, Listeners, bind_listeners
 from kamisama_server.supervisor import Supervisor, check_platform
-from kamisama_server.worker import (
-    log,
-    ready,
-    report_failure,
-    request_replacement,
-    worker_id,
-)
+from kamisama_server.worker import log, ready, report_failure, request_replacement, worker_id
 
 EXIT_CANNOT_START = 3
 EXIT_CANNOT_BIND = 4

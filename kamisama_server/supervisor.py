@@ -166,20 +166,26 @@ class Supervisor:
             else:
                 self._read_channel(key.data)
 
-    def _read_channel(self, process: _Process) -> None:
+    def _read_channel(self, process: _Process, exited: bool = False) -> bool:
+        """Handle what the worker wrote; False once nothing more is there to read.
+
+        Of an ``exited`` worker's last lines only ``failed`` still matters.
+        """
         try:
             data = process.channel.recv(4096)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = b""
         if not data:  # the worker is exiting; the reaper takes it from here
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(process.channel)
-            return
+            return False
         process.inbox += data
         while b"\n" in process.inbox:
             line, process.inbox = process.inbox.split(b"\n", 1)
+            if exited and not line.startswith(b"failed "):
+                continue
             if line == b"beat":
                 process.last_beat = time.monotonic()
             elif line.startswith(b"replace "):
@@ -192,6 +198,7 @@ class Supervisor:
                     self.down.discard(process.wid)
                     self._tell_siblings(process.wid, "up")
                 self._check_all_ready()
+        return True
 
     def _check_all_ready(self) -> None:
         if self.announced_ready or self.stopping:
@@ -361,7 +368,7 @@ class Supervisor:
                 done, status = pid, 0
             if done:
                 del self.processes[pid]
-                self._read_channel(process)  # a last "failed ..." line, if any
+                self._drain_channel(process)
                 self._forget(process)
                 self._on_exit(process, status)
 
@@ -376,9 +383,15 @@ class Supervisor:
                 return
             process = self.processes.pop(pid, None)
             if process is not None:
-                self._read_channel(process)
+                self._drain_channel(process)
                 self._forget(process)
                 self._on_exit(process, status)
+
+    def _drain_channel(self, process: _Process) -> None:
+        """Read what an exited worker left unread (its ``failed ...`` line, if any)."""
+        for _ in range(64):  # bounded: report_failure writes at most ~100 kB
+            if not self._read_channel(process, exited=True):
+                return
 
     def _forget(self, process: _Process) -> None:
         with contextlib.suppress(KeyError, ValueError):
