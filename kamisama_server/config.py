@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
+from kamisama_server.http.access import DEFAULT_ACCESS_FORMAT, check_format
 from kamisama_server.loader import parse_app_spec
 from kamisama_server.sockets import (
     DEFAULT_BACKLOG,
@@ -72,6 +73,8 @@ class ServeConfig:
     ssl_keyfile: str | None = None
     access_log: bool = False
     log_level: str = "info"
+    log_config: str | None = None
+    access_log_format: str = DEFAULT_ACCESS_FORMAT
     preload: bool = False
     limit_request_line: int = 8190
     limit_request_fields: int = 100
@@ -202,6 +205,13 @@ def _existing_file(text: str) -> str:
     return text
 
 
+def _access_format(text: str) -> str:
+    try:
+        return check_format(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _app_dir(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"no such directory: {text!r}")
@@ -309,8 +319,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("access_log", ("--access-log",),
            "Log one line per request on stdout (costs ~70% more CPU on a hello route).",
            "off", _bool, "bool"),
-    Option("log_level", ("--log-level",), "Logging level.", "info", _choice(LOG_LEVELS),
-           metavar="|".join(LOG_LEVELS)),
+    Option("access_log_format", ("--access-log-format",),
+           "Access line, with gunicorn's atoms: `%(h)s` client, `%(t)s` time, `%(r)s` "
+           "request line, `%(s)s` status, `%(b)s` body bytes, `%(D)s` microseconds, "
+           "`%(L)s` seconds, `%(a)s` user agent, `%({header}i)s` a request header, and more.",
+           f"`{DEFAULT_ACCESS_FORMAT}`", _access_format, metavar="FORMAT"),
+    Option("log_level", ("--log-level",),
+           "Level of every `kamisama` logger: master and worker events, errors, access.",
+           "info", _choice(LOG_LEVELS), metavar="|".join(LOG_LEVELS)),
+    Option("log_config", ("--log-config",),
+           "Logging config file replacing ours: `dictConfig` as JSON, or an `.ini` for "
+           "`fileConfig`; `--log-level` then does not apply.",
+           "none", _existing_file, metavar="FILE"),
     Option("preload", ("--preload",), "Import the app in the master, before forking workers.",
            "off", _bool, "bool"),
     Option("limit_request_line", ("--limit-request-line",),

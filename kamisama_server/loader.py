@@ -22,7 +22,15 @@ INTERFACES: tuple[str, ...] = ("auto", "asgi", "wsgi")
 
 
 class LoadError(Exception):
-    """The app cannot be loaded; ``str(self)`` is the line to show (exit code 3)."""
+    """The app cannot be loaded; ``str(self)`` is the one line to show (exit code 3).
+
+    ``detail`` holds the traceback, when there is one: shown at debug level, so a
+    failed start stays one readable line however many workers hit it.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class AppSpecError(LoadError, ValueError):
@@ -43,6 +51,10 @@ class AppAttributeError(LoadError):
 
 class AppNotCallable(LoadError):
     """The attribute (or what the factory returned) cannot be called."""
+
+
+class AppFactoryError(AppNotCallable):
+    """The app is a callable taking no arguments: a factory given without ``--factory``."""
 
 
 class AppInterfaceError(LoadError):
@@ -77,9 +89,9 @@ def import_from_string(spec: str, app_dir: str | None = None) -> Any:
             raise AppModuleNotFound(
                 f"{spec}: module {exc.name!r} not found (looked in {directory} and sys.path)"
             ) from None
-        raise AppImportError(_import_failure(spec, module_name, exc)) from None
+        raise _import_failure(f"{spec}: importing module {module_name!r} failed", exc) from None
     except Exception as exc:
-        raise AppImportError(_import_failure(spec, module_name, exc)) from None
+        raise _import_failure(f"{spec}: importing module {module_name!r} failed", exc) from None
     obj: Any = module
     walked = module_name
     for part in attr.split("."):
@@ -95,12 +107,25 @@ def _is_module_or_parent(missing: str, module_name: str) -> bool:
     return module_name == missing or module_name.startswith(missing + ".")
 
 
-def _import_failure(spec: str, module_name: str, exc: BaseException) -> str:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return (
-        f"{spec}: importing module {module_name!r} failed: "
-        f"{type(exc).__name__}: {exc}\n{tb.rstrip()}"
-    )
+def _import_failure(what: str, exc: BaseException) -> AppImportError:
+    """One line (the exception and where it was raised), the traceback as detail."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    where = _location(exc)
+    at = f" (at {where})" if where else ""
+    return AppImportError(f"{what}: {type(exc).__name__}: {exc}{at}", detail=tb)
+
+
+def _location(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame, or of the bad source for a SyntaxError."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    # The innermost frame outside importlib's machinery (a failed nested import
+    # ends in <frozen importlib._bootstrap>, which tells the user nothing).
+    for frame in reversed(frames):
+        if not frame.filename.startswith("<frozen"):
+            return f"{frame.filename}:{frame.lineno}"
+    return ""
 
 
 def load_app(spec: str, app_dir: str | None = None, factory: bool = False) -> Callable[..., Any]:
@@ -112,10 +137,7 @@ def load_app(spec: str, app_dir: str | None = None, factory: bool = False) -> Ca
         try:
             obj = obj()
         except Exception as exc:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            raise AppImportError(
-                f"{spec}: calling the factory failed: {type(exc).__name__}: {exc}\n{tb.rstrip()}"
-            ) from None
+            raise _import_failure(f"{spec}: calling the factory failed", exc) from None
         if not callable(obj):
             raise AppNotCallable(
                 f"{spec}: the factory returned {type(obj).__name__}, not a callable app"
@@ -126,7 +148,38 @@ def load_app(spec: str, app_dir: str | None = None, factory: bool = False) -> Ca
             f"{spec}: is a {type(obj).__name__}, not a callable app"
             " (if it is a factory, pass --factory)"
         )
+    if _looks_like_factory(obj):
+        raise AppFactoryError(
+            f"{spec}: {_name(obj)}{_signature(obj)} takes no arguments, so it looks like an "
+            "app factory: pass --factory (an app takes (environ, start_response) for WSGI "
+            "or (scope, receive, send) for ASGI)"
+        )
     return obj  # type: ignore[no-any-return]
+
+
+def _signature(obj: Any) -> str:
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return ""
+
+
+def _looks_like_factory(obj: Any) -> bool:
+    """Callable with no arguments, but not with an app's 2 (WSGI, ASGI 2's receive and
+    send) or 3 (ASGI) positional ones; ASGI 2 classes take one (``scope``) and pass."""
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return False  # builtins and the like: trust the user
+
+    def binds(count: int) -> bool:
+        try:
+            signature.bind(*(object() for _ in range(count)))
+        except TypeError:
+            return False
+        return True
+
+    return binds(0) and not binds(2) and not binds(3)
 
 
 def load_hook(spec: str, app_dir: str | None = None) -> Callable[..., Any]:

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from kamisama_server.config import ServeConfig
 from kamisama_server.http.asgi import AsgiAdapter
@@ -29,17 +29,26 @@ from kamisama_server.http.lifespan import LifespanFailed
 from kamisama_server.http.server import HttpServer
 from kamisama_server.http.wsgi import WSGIAdapter
 from kamisama_server.loader import LoadError, as_asgi3, detect_interface, load_app, load_hook
+from kamisama_server.logs import configure_server as configure_logging
+from kamisama_server.logs import write_line
 from kamisama_server.options import KamisamaOptions
 from kamisama_server.sockets import BindError, Listeners, bind_listeners
 from kamisama_server.supervisor import Supervisor, check_platform
-from kamisama_server.worker import log, ready, request_replacement, worker_id
+from kamisama_server.worker import log, ready, report_failure, request_replacement, worker_id
 
 EXIT_CANNOT_START = 3
 EXIT_CANNOT_BIND = 4
 
 
 class StartupFailed(Exception):
-    """The app cannot be served: one clear line, exit 3, no respawn loop."""
+    """The app cannot be served: one clear line, exit 3, no respawn loop.
+
+    ``detail`` (a traceback, or empty) is logged at debug level only.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass
@@ -88,6 +97,7 @@ def http_config(config: ServeConfig) -> HttpConfig:
         server_header=config.server_header,
         ssl=_ssl_context(config),
         access_log=config.access_log,
+        access_log_format=config.access_log_format,
     )
 
 
@@ -111,8 +121,16 @@ def load(config: ServeConfig) -> _Loaded:
             load_hook(config.shutdown_hook, config.app_dir) if config.shutdown_hook else None
         )
     except LoadError as error:
-        raise StartupFailed(str(error)) from None
+        raise StartupFailed(str(error), error.detail) from None
     return _Loaded(app, interface, run_hook, shutdown_hook)
+
+
+def _cannot_start(wid: int, error: StartupFailed) -> NoReturn:
+    """In a worker: the master says it once, with the traceback below at debug level
+    (``report_failure``); the worker's own copy of the line is debug."""
+    log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}", logging.DEBUG)
+    report_failure(str(error), error.detail)
+    raise SystemExit(EXIT_CANNOT_START)
 
 
 async def _call(hook: Callable[..., Any], *args: Any) -> None:
@@ -159,8 +177,7 @@ class ServerWorkers:
                 if inspect.isawaitable(result):
                     self.state.pending_hook = result  # an async hook: awaited on the loop
         except StartupFailed as error:
-            log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
-            raise SystemExit(EXIT_CANNOT_START) from None
+            _cannot_start(wid, error)
 
     async def run(self, wid: int) -> None:
         """On the worker's loop: ASGI lifespan, then serve until the drain ends."""
@@ -172,8 +189,7 @@ class ServerWorkers:
                 await state.pending_hook
             handler = state.handler = await self._make_handler(loaded)
         except LifespanFailed as error:
-            log(f"worker {wid} (pid {os.getpid()}) cannot start: {error}")
-            raise SystemExit(EXIT_CANNOT_START) from None
+            _cannot_start(wid, StartupFailed(str(error)))
         seat = state.seat = self.board.claim(wid) if self.board is not None else None
         server = state.server = self._new_server(handler, seat=seat, on_tick=self._on_tick)
         await server.start(self.listeners.sockets_for(wid))
@@ -203,7 +219,7 @@ class ServerWorkers:
     def _stuck(self, report: str) -> None:
         """A WSGI call ran over --request-timeout: say so, and get a successor (once)."""
         who = f"worker {worker_id()} (pid {os.getpid()})"
-        log(f"{who}: {report}")
+        log(f"{who}: {report}", logging.ERROR)
         if not self.state.replacing:
             self.state.replacing = True
             request_replacement("a request ran over --request-timeout")
@@ -282,39 +298,40 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="[%(name)s] %(levelname)s %(message)s"
-    )
-    logging.getLogger("kamisama.access").propagate = False
-    access = logging.StreamHandler(sys.stdout)
-    access.setFormatter(logging.Formatter("%(message)s"))
-    logging.getLogger("kamisama.access").addHandler(access)
-
-
 def serve(config: ServeConfig) -> int:
     """Bind, fork, serve until a shutdown signal; the process exit code."""
     check_platform()
-    _configure_logging(config.log_level)
+    if config.log_config and config.app_dir not in sys.path:
+        sys.path.insert(0, config.app_dir)  # its formatters and filters may live by the app
+    try:
+        configure_logging(config.log_level, config.log_config)
+    except ValueError as error:
+        log(f"cannot start: {error}", logging.ERROR)
+        return EXIT_CANNOT_START
     loaded: _Loaded | None = None
     if config.preload:
         try:
             loaded = load(config)
         except StartupFailed as error:
-            log(f"cannot start: {error}")
+            log(f"cannot start: {error}", logging.ERROR)
+            if error.detail:
+                log(error.detail, logging.DEBUG)
             return EXIT_CANNOT_START
     try:
         http = http_config(config)  # a bad certificate: a startup error, found before binding
     except (OSError, ssl.SSLError) as error:
         key = config.ssl_keyfile or config.ssl_certfile  # the key may sit in the cert file
-        log(f"cannot start: TLS certificate {config.ssl_certfile} with key {key}: {error}")
+        log(
+            f"cannot start: TLS certificate {config.ssl_certfile} with key {key}: {error}",
+            logging.ERROR,
+        )
         return EXIT_CANNOT_START
     try:
         listeners = bind_listeners(
             config.binds, slots=config.workers, mode=config.socket_mode, backlog=config.backlog
         )
     except BindError as error:
-        log(f"cannot bind {error}")
+        log(f"cannot bind {error}", logging.ERROR)
         return EXIT_CANNOT_BIND
     board = LoadBoard() if config.socket_mode == "shared" else None
     workers = ServerWorkers(config, http, listeners, loaded, board)
@@ -324,7 +341,8 @@ def serve(config: ServeConfig) -> int:
         urls = ", ".join(listeners.urls(scheme))
         count = supervisor.target
         workers_text = "1 worker" if count == 1 else f"{count} workers"
-        print(f"kamisama: listening on {urls} ({workers_text}, pid {os.getpid()})", flush=True)
+        # stdout, not the log: the line tools wait for, whatever the log level.
+        write_line(1, f"kamisama: listening on {urls} ({workers_text}, pid {os.getpid()})")
 
     options = KamisamaOptions(
         setup=workers.setup,

@@ -20,6 +20,8 @@ the worker writes ``ready``; when the master dies, the worker reads end-of-file.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import selectors
 import signal
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from kamisama_server import worker as worker_side
+from kamisama_server.logs import ensure_default_handler
 from kamisama_server.options import KamisamaOptions, resolve_options
 from kamisama_server.signals import (
     RESTART_SIGNAL,
@@ -74,6 +77,15 @@ def describe_exit(status: int) -> str:
     return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
+def _failure(payload: bytes) -> tuple[str, str]:
+    """A ``failed`` line's reason and detail (see ``worker.report_failure``)."""
+    try:
+        data = json.loads(payload)
+        return str(data["reason"]), str(data.get("detail", ""))
+    except (ValueError, KeyError, TypeError):
+        return payload.decode("utf-8", "replace"), ""
+
+
 @dataclass
 class _Process:
     """One forked worker, as the master sees it."""
@@ -92,6 +104,8 @@ class _Process:
     last_beat: float | None = None  # its event loop's last heartbeat (heartbeat_timeout)
     being_replaced: bool = False  # asked for, or given, a successor
     loop_stuck: float | None = None  # when its heartbeat was found stopped (its stack dumped)
+    failure: str | None = None  # why it cannot start, as the worker said (``failed ...``)
+    failure_detail: str = ""  # and its traceback, if any
 
 
 @dataclass
@@ -129,6 +143,7 @@ class Supervisor:
     # ---- the loop -------------------------------------------------------------
 
     def run(self) -> int:
+        ensure_default_handler()
         self._install_signal_handlers()
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         try:
@@ -168,23 +183,38 @@ class Supervisor:
             else:
                 self._read_channel(key.data)
 
-    def _read_channel(self, process: _Process) -> None:
+    def _read_channel(self, process: _Process, exited: bool = False) -> bool:
+        """Handle what the worker wrote; False once nothing more is there to read.
+
+        Of an ``exited`` worker's last lines only ``failed`` and ``ready`` still
+        matter (how it ended, and whether it had been ready: see the backoff).
+        """
         try:
             data = process.channel.recv(4096)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = b""
         if not data:  # the worker is exiting; the reaper takes it from here
-            self.selector.unregister(process.channel)
-            return
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(process.channel)
+            return False
         process.inbox += data
         while b"\n" in process.inbox:
             line, process.inbox = process.inbox.split(b"\n", 1)
+            if exited:
+                if line.startswith(b"failed "):
+                    process.failure, process.failure_detail = _failure(line[7:])
+                elif line == b"ready" and not process.ready:
+                    process.ready = True
+                    process.ready_at = time.monotonic()
+                continue
             if line == b"beat":
                 process.last_beat = time.monotonic()
             elif line.startswith(b"replace "):
                 self._replace(process, line[8:].decode("utf-8", "replace"))
+            elif line.startswith(b"failed "):
+                process.failure, process.failure_detail = _failure(line[7:])
             elif line == b"ready" and not process.ready:
                 process.ready = True
                 if process.last_beat is not None:  # heartbeats count from here on
@@ -194,6 +224,7 @@ class Supervisor:
                     self.down.discard(process.wid)
                     self._tell_siblings(process.wid, "up")
                 self._check_all_ready()
+        return True
 
     def _check_all_ready(self) -> None:
         if self.announced_ready or self.stopping:
@@ -255,7 +286,7 @@ class Supervisor:
             try:
                 self.options.on_shutdown(name)
             except Exception as error:
-                log(f"on_shutdown failed: {error!r}")
+                log(f"on_shutdown failed: {error!r}", logging.ERROR)
         for process in self.processes.values():
             self._stop_process(process, name, deadline)
 
@@ -275,7 +306,7 @@ class Supervisor:
                 os.kill(process.pid, signal.SIGKILL)
             process.killed = True
             who = f"worker {process.wid} (pid {process.pid})"
-            log(f"{who} killed after timeout {self.options.timeout}s")
+            log(f"{who} killed after timeout {self.options.timeout}s", logging.WARNING)
             if self.stopping:
                 self.status = max(self.status, EXIT_WORKER_FAILED)
 
@@ -289,7 +320,10 @@ class Supervisor:
             except Exception as error:
                 self.failures[wid] = self.failures.get(wid, 0) + 1
                 delay = backoff_delay(self.failures[wid])
-                log(f"worker {wid} could not be prepared ({error}); retrying in {delay:.1f}s")
+                log(
+                    f"worker {wid} could not be prepared ({error}); retrying in {delay:.1f}s",
+                    logging.ERROR,
+                )
                 self.respawn_at[wid] = time.monotonic() + delay
                 return None
         master_end, worker_end = socket.socketpair()
@@ -347,9 +381,7 @@ class Supervisor:
         except SystemExit as exit_request:
             code = exit_request.code if isinstance(exit_request.code, int) else 1
         except BaseException:
-            import traceback
-
-            traceback.print_exc()
+            log(f"worker {wid} (pid {os.getpid()}) crashed", logging.ERROR, exc_info=True)
         worker_side.exit_now(code)
 
     def _reap(self) -> None:
@@ -362,7 +394,7 @@ class Supervisor:
                 done, status = pid, 0
             if done:
                 del self.processes[pid]
-                self._notice_last_words(process)
+                self._drain_channel(process)
                 self._forget(process)
                 self._on_exit(process, status)
 
@@ -377,22 +409,16 @@ class Supervisor:
                 return
             process = self.processes.pop(pid, None)
             if process is not None:
+                self._drain_channel(process)
                 self._forget(process)
                 self._on_exit(process, status)
 
-    def _notice_last_words(self, process: _Process) -> None:
-        """A ``ready`` it sent just before dying still counts: read what is left."""
-        if process.ready:
-            return
-        with contextlib.suppress(OSError):
-            for _ in range(64):
-                data = process.channel.recv(4096)
-                if not data:
-                    break
-                process.inbox += data
-        if b"ready\n" in process.inbox:
-            process.ready = True
-            process.ready_at = time.monotonic()
+    def _drain_channel(self, process: _Process) -> None:
+        """Read what an exited worker left unread: its ``failed ...`` line, or a
+        ``ready`` it sent just before dying (which still counts)."""
+        for _ in range(64):  # bounded: report_failure writes at most ~100 kB
+            if not self._read_channel(process, exited=True):
+                return
 
     def _forget(self, process: _Process) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -409,21 +435,30 @@ class Supervisor:
             if clean:
                 log(f"{who} shut down")
             else:
-                log(f"{who} {reason} during shutdown; not respawned")
+                # A sibling that failed to start too was already told about: no repeat.
+                level = logging.DEBUG if process.failure else logging.WARNING
+                log(f"{who} {reason} during shutdown; not respawned", level)
                 if self.stopping:
                     self.status = max(self.status, EXIT_WORKER_FAILED)
             return
         if process.replacing:
-            log(f"{who} {reason} before it became ready; rolling restart abandoned")
+            why = process.failure and f"cannot start: {process.failure}"
+            log(
+                f"{who} {why or reason + ' before it became ready'}; rolling restart abandoned",
+                logging.ERROR,
+            )
             self.rolling = None
             return
         if self.options.fail_fast and not process.ready:
-            log(f"{who} {reason} before it became ready; stopping")
+            why = process.failure and f"cannot start: {process.failure}"
+            log(f"{who} {why or reason + ' before it became ready'}; stopping", logging.ERROR)
+            if process.failure_detail:
+                log(process.failure_detail, logging.DEBUG)
             self.status = EXIT_NEVER_READY
             self._begin_shutdown("SIGTERM", why="a worker could not start")
             return
         delay = self._respawn_delay(process)
-        log(f"{who} {reason}; respawning in {delay:.1f}s")
+        log(f"{who} {reason}; respawning in {delay:.1f}s", logging.WARNING)
         self.respawn_at[process.wid] = time.monotonic() + delay
         if process.wid not in self.down and self._serving(process.wid) is None:
             self.down.add(process.wid)
@@ -480,7 +515,8 @@ class Supervisor:
                 who = f"worker {process.wid} (pid {process.pid})"
                 log(
                     f"{who}: no heartbeat for {now - beat:.1f}s (its event loop is stuck); "
-                    "its threads' stacks follow"
+                    "its threads' stacks follow",
+                    logging.WARNING,
                 )
                 if worker_side.STACK_SIGNAL is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -493,7 +529,7 @@ class Supervisor:
         if process.being_replaced or process.stopping or self.stopping:
             return
         process.being_replaced = True
-        log(f"worker {process.wid} (pid {process.pid}) is replaced: {reason}")
+        log(f"worker {process.wid} (pid {process.pid}) is replaced: {reason}", logging.WARNING)
         if self.rolling is None:
             self.rolling = _RollingRestart(queue=[process.wid])
         elif process.wid not in self.rolling.queue:
@@ -548,7 +584,10 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(old.pid, signal.SIGKILL)
                 old.stopping = old.killed = True
-                log(f"worker {old.wid} (pid {old.pid}) killed: its event loop is stuck")
+                log(
+                    f"worker {old.wid} (pid {old.pid}) killed: its event loop is stuck",
+                    logging.WARNING,
+                )
             elif old is not None:
                 self._stop_process(old, _RESTART_NAME, deadline)
             rolling.current = None

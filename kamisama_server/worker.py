@@ -21,13 +21,14 @@ import asyncio
 import contextlib
 import faulthandler
 import inspect
+import json
+import logging
 import os
 import selectors
 import signal
 import socket
 import sys
 import threading
-import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn
 
@@ -87,15 +88,37 @@ def request_replacement(reason: str) -> None:
         _channel.sendall(line.encode("utf-8", "replace") + b"\n")
 
 
+def report_failure(reason: str, detail: str = "") -> None:
+    """Tell the master why this worker cannot start, before exiting non-zero.
+
+    The master names ``reason`` once in its fail-fast line (``detail``, e.g. a
+    traceback, goes below it at debug level), so N workers failing alike give
+    one line, not N.
+    """
+    if _channel is None:
+        return
+    payload = json.dumps({"reason": reason[:1000], "detail": detail[:50_000]})
+    with contextlib.suppress(OSError):
+        _channel.sendall(b"failed " + payload.encode("ascii") + b"\n")
+
+
 STACK_SIGNAL = getattr(signal, "SIGURG", None)
 """The master sends it to a worker whose loop stopped beating: ``faulthandler``
 then writes every thread's stack to stderr, even while Python code is stuck.
 (SIGURG: ignored by default, and nobody sends it to a process group.)"""
 
 
-def log(message: str) -> None:
-    """One grep-able line on stderr per event."""
-    print(f"[kamisama] {message}", file=sys.stderr, flush=True)
+_master_log = logging.getLogger("kamisama.master")
+_worker_log = logging.getLogger("kamisama.worker")
+
+
+def log(message: str, level: int = logging.INFO, exc_info: bool = False) -> None:
+    """One grep-able line per event, under ``kamisama.master`` or ``kamisama.worker``.
+
+    ``kamisama_server.logs`` says where those loggers write (stderr by default).
+    """
+    logger = _master_log if _current_id is None else _worker_log
+    logger.log(level, message, exc_info=exc_info)
 
 
 def exit_now(code: int) -> NoReturn:
@@ -121,7 +144,7 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
 def _report_task_failure(task: asyncio.Future[Any]) -> None:
     error = None if task.cancelled() else task.exception()
     if error is not None:
-        traceback.print_exception(type(error), error, error.__traceback__)
+        _worker_log.error("on_sibling task failed", exc_info=error)
 
 
 class Worker:
@@ -259,8 +282,7 @@ class Worker:
         return 0
 
     def _report_hook_failure(self) -> None:
-        traceback.print_exc()
-        log(f"worker {self.wid} (pid {os.getpid()}) shutdown hook raised")
+        log(f"worker {self.wid} (pid {os.getpid()}) shutdown hook raised", logging.ERROR, True)
 
     # ---- stop requests --------------------------------------------------------
 
@@ -322,7 +344,7 @@ class Worker:
                 try:
                     self.options.on_stop_requested(name)
                 except Exception:
-                    traceback.print_exc()
+                    log("on_stop_requested raised", logging.ERROR, exc_info=True)
             if self.async_mode:
                 if self.loop is None:
                     self.pending_stop = name
@@ -350,7 +372,7 @@ class Worker:
             if inspect.isawaitable(result):
                 asyncio.run(_await(result))
         except Exception:
-            traceback.print_exc()
+            log("on_sibling raised", logging.ERROR, exc_info=True)
 
     def _start_sibling_task(self, wid: int, state: str, fds: list[int]) -> None:
         callback = self.options.on_sibling
@@ -359,7 +381,7 @@ class Worker:
         try:
             result = callback(wid, state, fds)
         except Exception:
-            traceback.print_exc()
+            log("on_sibling raised", logging.ERROR, exc_info=True)
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
@@ -376,7 +398,7 @@ class Worker:
 
         def expire() -> None:
             who = f"worker {self.wid} (pid {os.getpid()})"
-            log(f"{who} still running after timeout {timeout}s; exiting")
+            log(f"{who} still running after timeout {timeout}s; exiting", logging.WARNING)
             exit_now(1)
 
         timer = threading.Timer(delay, expire)

@@ -16,6 +16,7 @@ import pytest
 
 from kamisama_server.loader import (
     AppAttributeError,
+    AppFactoryError,
     AppImportError,
     AppInterfaceError,
     AppModuleNotFound,
@@ -190,8 +191,10 @@ def test_an_import_inside_the_module_failing_is_an_import_error_with_traceback(
         "inner_fail:app: importing module 'inner_fail' failed: ModuleNotFoundError: "
         "No module named 'not_installed_dependency_z'"
     )
-    assert "Traceback (most recent call last)" in message
-    assert 'inner_fail.py", line 3' in message
+    assert "\n" not in message  # one line; the traceback is the detail
+    assert message.endswith("inner_fail.py:3)")
+    assert "Traceback (most recent call last)" in info.value.detail
+    assert 'inner_fail.py", line 3' in info.value.detail
     assert not isinstance(info.value, AppModuleNotFound)
 
 
@@ -199,13 +202,15 @@ def test_a_module_raising_at_import_is_an_import_error_with_traceback(app_dir: P
     write(app_dir, "raises_at_import.py", "raise RuntimeError('no DATABASE_URL')\n")
     with pytest.raises(AppImportError, match="RuntimeError: no DATABASE_URL") as info:
         load_app("raises_at_import:app", app_dir=str(app_dir))
-    assert 'raises_at_import.py", line 1' in str(info.value)
+    assert str(info.value).endswith("raises_at_import.py:1)")
+    assert 'raises_at_import.py", line 1' in info.value.detail
 
 
 def test_a_syntax_error_is_an_import_error(app_dir: Path) -> None:
     write(app_dir, "bad_syntax.py", "def app(:\n")
-    with pytest.raises(AppImportError, match="SyntaxError"):
+    with pytest.raises(AppImportError, match="SyntaxError") as info:
         load_app("bad_syntax:app", app_dir=str(app_dir))
+    assert str(info.value).endswith("bad_syntax.py:1)")
 
 
 def test_missing_attribute_names_the_missing_part(app_dir: Path) -> None:
@@ -232,7 +237,36 @@ def test_factory_that_raises_is_an_import_error_with_traceback(app_dir: Path) ->
     write(app_dir, "raisefact.py", "def create():\n    raise KeyError('SECRET_KEY')\n")
     with pytest.raises(AppImportError, match="calling the factory failed: KeyError") as info:
         load_app("raisefact:create", app_dir=str(app_dir), factory=True)
-    assert "Traceback" in str(info.value)
+    assert "Traceback" in info.value.detail
+    assert str(info.value).endswith("raisefact.py:2)")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def create_app():\n    return lambda environ, start_response: []\n",
+        "async def create_app():\n    return None\n",
+        "def create_app(config=None):\n    return None\n",
+    ],
+)
+def test_a_factory_without_factory_flag_is_refused_with_a_hint(app_dir: Path, source: str) -> None:
+    write(app_dir, "fact.py", source)
+    with pytest.raises(AppFactoryError, match="looks like an app factory: pass --factory"):
+        load_app("fact:create_app", app_dir=str(app_dir))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def app(environ, start_response):\n    return []\n",
+        "async def app(scope, receive, send):\n    pass\n",
+        "def app(*args):\n    return []\n",
+        "class app:\n    def __init__(self, scope):\n        pass\n",  # ASGI 2 class
+    ],
+)
+def test_apps_are_not_mistaken_for_factories(app_dir: Path, source: str) -> None:
+    write(app_dir, "realapp.py", source)
+    assert callable(load_app("realapp:app", app_dir=str(app_dir)))
 
 
 def test_load_hook(app_dir: Path) -> None:

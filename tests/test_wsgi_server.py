@@ -436,10 +436,10 @@ def test_exc_info_after_the_body_reraises_and_closes(server: BackgroundServer) -
 def test_app_raising_gets_500_and_a_traceback(
     client: httpx.Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="kamisama_server.wsgi"):
+    with caplog.at_level(logging.ERROR, logger="kamisama.wsgi"):
         r = client.get("/raise")
     assert r.status_code == 500
-    record = next(r for r in caplog.records if r.name == "kamisama_server.wsgi")
+    record = next(r for r in caplog.records if r.name == "kamisama.wsgi")
     assert record.exc_info is not None and "the app failed" in str(record.exc_info[1])
     assert client.get("/hello").status_code == 200
 
@@ -447,7 +447,7 @@ def test_app_raising_gets_500_and_a_traceback(
 def test_app_raising_after_the_head_aborts(
     server: BackgroundServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="kamisama_server.wsgi"), connect(server.port) as s:
+    with caplog.at_level(logging.ERROR, logger="kamisama.wsgi"), connect(server.port) as s:
         s.sendall(b"GET /raise-iter?token=raiseiter HTTP/1.1\r\nHost: t\r\n\r\n")
         reader = Reader(s)
         # Closed mid-body (EOFError), or in a thread the error may come before the

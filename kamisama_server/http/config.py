@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
+from .access import DEFAULT_ACCESS_FORMAT
 from .parser_choice import resolve as resolve_parser
 
 
@@ -45,6 +46,7 @@ class HttpConfig:
     server_name: str = "kamisama"
     date_header: bool = True
     access_log: bool = False
+    access_log_format: str = DEFAULT_ACCESS_FORMAT  # gunicorn's atoms, see access.py
 
     # Request parser: "httptools", "h11" (the fallback), or "auto" (see parser_choice).
     parser: str = "auto"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from .exchange import ClientDisconnected, Exchange, Headers, RequestBodyError, RequestHead
@@ -109,6 +110,8 @@ class HttpExchange(Exchange):
         "expect_continue",
         "head",
         "keep_alive",
+        "sent",
+        "started",
         "status",
     )
 
@@ -126,6 +129,8 @@ class HttpExchange(Exchange):
         self.expect_continue = expect_continue
         self.content_length = content_length
         self.status = 0
+        self.sent = 0  # response body bytes, for the access log
+        self.started = perf_counter()
         self._chunks: list[bytes] = []  # a list: cheaper to make than a deque, drained whole
         self._buffered = 0
         self._received = 0
@@ -286,6 +291,7 @@ class HttpExchange(Exchange):
         self.status = status
         if self._no_body or framing == _NONE:
             proto.write(head)
+            size = 0
         elif framing == _CHUNKED:
             if size:
                 proto.write(b"%b%x\r\n%b\r\n0\r\n\r\n" % (head, size, body))
@@ -296,6 +302,7 @@ class HttpExchange(Exchange):
         else:
             proto.write(head)
             proto.write(body)
+        self.sent = size
         self._complete()
         return True
 
@@ -361,6 +368,7 @@ class HttpExchange(Exchange):
         if not data or self._no_body:
             return
         size = len(data)
+        self.sent += size
         framing = self._framing
         if framing == _LENGTH:
             if size > self._remaining:
@@ -404,6 +412,7 @@ class HttpExchange(Exchange):
             if count > self._remaining:
                 raise ValueError("response body longer than its content-length")
             self._remaining -= count
+        self.sent += count
         chunked = self._framing == _CHUNKED
         if chunked:
             proto.write(b"%x\r\n" % count)

@@ -14,7 +14,6 @@ a high-water mark, then we stop reading).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections import deque
 from typing import Any, cast
@@ -30,7 +29,7 @@ from .exchange import (
     RequestHead,
 )
 from .exchange_impl import HttpExchange
-from .state import EngineState, access_log, error_log
+from .state import EngineState, error_log
 
 # What the per-connection timer is waiting for (_TRAILERS: the end of a chunked body's trailers).
 _NO_TIMER, _IDLE, _HEAD, _TRAILERS = 0, 1, 2, 3
@@ -590,17 +589,8 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         state.total_requests += 1
         self.requests += 1
-        if self.config.access_log and access_log.isEnabledFor(logging.INFO):
-            head = exchange.head
-            query = b"?" + head.query_string if head.query_string else b""
-            access_log.info(
-                '%s - "%s %s HTTP/%s" %d',
-                _peer(head.client),
-                head.method,
-                (head.raw_path + query).decode("latin-1"),
-                head.http_version,
-                exchange.status,
-            )
+        if state.access is not None:
+            state.access.log(exchange)
         if self.exchange is exchange:
             self.exchange = None
         if self.closed:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Protocol
 
+from .access import AccessLog
 from .config import HttpConfig
 from .exchange import AppHandler, ServeNow
 from .proxy import TrustedProxies
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from .protocol import HttpProtocol
 
 error_log = logging.getLogger("kamisama.http")
-access_log = logging.getLogger("kamisama.access")
 
 
 class WebSocketSupport(Protocol):
@@ -74,6 +74,7 @@ class EngineState:
         # Set by the server: called when connections or requests in flight change.
         self.load_changed: Callable[[], None] | None = None
         self.total_requests = 0
+        self.access = AccessLog(config.access_log_format) if config.access_log else None
         self.draining = False
         self.proxies = TrustedProxies(config.forwarded_allow_ips) if config.proxy_headers else None
         self.server_line = (

@@ -51,7 +51,7 @@ from kamisama_server.http.wsgi_pool import ThreadPool
 
 __all__ = ["ExcInfo", "StartResponse", "WSGIAdapter", "WSGIApp", "WriteCallable"]
 
-log = logging.getLogger("kamisama_server.wsgi")
+log = logging.getLogger("kamisama.wsgi")
 
 # A body up to this size (with Content-Length) is read on the loop before the app starts.
 _PRE_READ_MAX = 64 * 1024

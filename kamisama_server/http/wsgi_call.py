@@ -40,7 +40,7 @@ from kamisama_server.http.wsgi_input import InputStream
 if TYPE_CHECKING:
     from kamisama_server.http.wsgi import WSGIAdapter
 
-log = logging.getLogger("kamisama_server.wsgi")
+log = logging.getLogger("kamisama.wsgi")
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 WriteCallable = Callable[[bytes], None]

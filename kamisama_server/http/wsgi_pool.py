@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 from queue import SimpleQueue
 
-log = logging.getLogger("kamisama_server.wsgi")
+log = logging.getLogger("kamisama.wsgi")
 
 Job = Callable[[], None]
 
