@@ -56,6 +56,7 @@ _FORBIDDEN_TRAILERS = frozenset(
     )
 )
 _LINGER = 2.0  # seconds we keep reading (and dropping) after an error before closing
+_TLS_CLOSE_WAIT = 0.2  # seconds a draining TLS close waits for the client's close_notify
 _CLAIM = 0.01  # seconds a new connection's first request may take to start counting
 _SILENT_CLAIMS = 8  # this many claims in a row expired silent: claim nothing (slowloris)
 
@@ -698,6 +699,20 @@ class HttpProtocol(asyncio.Protocol):
             self.loop.call_later(_LINGER, transport.close)
         else:
             transport.close()
+            if self.config.ssl is not None and self.state.draining:
+                self.loop.call_later(_TLS_CLOSE_WAIT, self._abort_tls_close)
+
+    def _abort_tls_close(self) -> None:
+        """A TLS close waits for the client's ``close_notify``; an idle client holding
+        its connection open never sends it, and would hold the drain until the
+        master's timeout. Once what we wrote is flushed, drop the connection."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if transport.get_write_buffer_size():
+            self.loop.call_later(_TLS_CLOSE_WAIT, self._abort_tls_close)
+            return
+        transport.abort()
 
 
 def _address(value: Any) -> tuple[str, int] | None:
