@@ -155,9 +155,6 @@ class HttpServer:
                 sock.close()
         for conn in list(state.connections):
             conn.drain()
-        # Idle connections close drain_idle_grace from now: look then, not at the next tick.
-        loop = asyncio.get_running_loop()
-        loop.call_later(self.config.drain_idle_grace + 0.005, self._check_timers)
         waits: list[asyncio.Future[None]] = [asyncio.ensure_future(self._adopted())]
         if state.websocket is not None:
             waits.append(asyncio.ensure_future(state.websocket.shutdown()))
@@ -337,23 +334,18 @@ class HttpServer:
         assert loop is not None
         self._ticker = loop.call_later(self._tick, self._on_tick)
 
-    def _check_timers(self) -> float:
-        """Enforce each connection's header, keep-alive and drain deadlines; the time."""
-        loop = self.state.loop
-        assert loop is not None
-        now = loop.time()
-        for conn in list(self.state.connections):
-            with contextlib.suppress(Exception):
-                conn.check_timer(now)
-        return now
-
     def _on_tick(self) -> None:
         state = self.state
         second = int(time.time())
         if second != self._second:
             self._second = second
             state.refresh_date()
-        now = self._check_timers()
+        loop = state.loop
+        assert loop is not None
+        now = loop.time()
+        for conn in list(state.connections):
+            with contextlib.suppress(Exception):
+                conn.check_timer(now)
         if self._paused == _FULL and self._has_room():
             self._resume_accepting()  # a backstop: room is normally noticed at once
         if self._seat is not None:
