@@ -78,6 +78,15 @@ class KamisamaOptions:
     """Called in the master with the signal's name when a graceful shutdown begins,
     before the workers are told (the server closes its listening sockets here)."""
 
+    shutdown_delay: float = 0.0
+    """Lame duck: seconds between a shutdown signal and the start of the graceful
+    shutdown, during which the workers keep serving (a load balancer may still
+    route to us). A second shutdown signal meanwhile is ignored, as during a drain."""
+
+    on_rolling_restart: Callable[[str], object] | None = None
+    """Called in the master with ``"begin"`` and ``"done"`` around each rolling
+    restart (SIGUSR1, ``Supervisor.restart``, or a worker's replacement)."""
+
     heartbeat_timeout: float | None = None
     """For an async ``run``: its event loop beats to the master; a ready worker
     whose loop has not beaten for this many seconds (stuck in CPU-bound code) has
@@ -94,6 +103,7 @@ _OPTIONAL_CALLABLES = (
     "on_shutdown",
     "lend_fds",
     "on_stop_requested",
+    "on_rolling_restart",
 )
 
 
@@ -131,6 +141,7 @@ def resolve_options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> KamisamaOp
     _check_callables(given)
     given["workers"] = _resolve_workers(given.get("workers"))
     given["timeout"] = _check_timeout(given.get("timeout", 10.0))
+    given["shutdown_delay"] = _check_timeout(given.get("shutdown_delay", 0.0))
     if given.get("heartbeat_timeout") is not None:
         given["heartbeat_timeout"] = _check_timeout(given["heartbeat_timeout"]) or None
     for flag in ("manual_ready", "fail_fast"):
