@@ -56,7 +56,7 @@ _FORBIDDEN_TRAILERS = frozenset(
     )
 )
 _LINGER = 2.0  # seconds we keep reading (and dropping) after an error before closing
-_TLS_CLOSE_WAIT = 0.2  # seconds a draining TLS close waits for the client's close_notify
+_TLS_CLOSE_WAIT = 0.1  # seconds a draining TLS close waits for the client's close_notify
 _CLAIM = 0.01  # seconds a new connection's first request may take to start counting
 _SILENT_CLAIMS = 8  # this many claims in a row expired silent: claim nothing (slowloris)
 
@@ -479,7 +479,7 @@ class HttpProtocol(asyncio.Protocol):
     def response_done(self, exchange: HttpExchange) -> None:
         """The exchange's response is complete: log, then serve the next or close."""
         state = self.state
-        state.total_requests += 1
+        state.count_response()
         self.requests += 1
         if self.config.access_log and access_log.isEnabledFor(logging.INFO):
             head = exchange.head
@@ -512,9 +512,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._mid_head:
             self.timer = _HEAD
             self.deadline = self.loop.time() + self.config.header_timeout
-        elif state.draining or self.eof:
+        elif self.eof:
             self._close()
             return
+        elif state.draining:
+            # The stop came after this response promised keep-alive: its client may
+            # send the next request right now; closing at once would lose it.
+            self.timer = _IDLE
+            self.drain()
         else:
             self.timer = _IDLE
             self.deadline = self.loop.time() + self.config.keep_alive
@@ -543,7 +548,7 @@ class HttpProtocol(asyncio.Protocol):
             self._pending_error = (status, reason)
 
     def _send_error(self, status: int, reason: str) -> None:
-        self.state.total_requests += 1
+        self.state.count_response()
         if status >= 500 or status == 408:
             error_log.info("%s answered %d: %s", _peer(self.client), status, reason)
         else:
@@ -603,7 +608,13 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
 
     def drain(self) -> None:
-        """The worker is shutting down: close when idle, else after the current response."""
+        """The worker is shutting down: close when idle, else after the current response.
+
+        An idle keep-alive connection gets the drain's ``idle_grace`` (default
+        ``drain_idle_grace``) to send one more request, answered with
+        ``connection: close``: the longer, the smaller the chance of closing it
+        just as its client sends one.
+        """
         if self.closed:
             return
         if self.exchange is not None or self.pipeline or self._mid_head:
@@ -614,7 +625,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         # Idle keep-alive: a request may already be in flight; give it a moment.
         self.timer = _IDLE
-        self.deadline = min(self.deadline, self.loop.time() + self.config.drain_idle_grace)
+        grace = self.state.idle_grace
+        grace = self.config.drain_idle_grace if grace is None else grace
+        self.deadline = min(self.deadline, self.loop.time() + grace)
 
     def force_close(self) -> None:
         """Drain timed out: drop the connection now."""
