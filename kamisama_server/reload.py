@@ -14,6 +14,7 @@ the app (``python -m kamisama_server.reload``), as each new worker will; with
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -72,6 +73,8 @@ class Watcher:
 
     def _watch(self) -> None:
         from watchfiles import PythonFilter, watch
+
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)  # we log the change
 
         for changes in watch(
             *self.directories,

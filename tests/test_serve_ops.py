@@ -311,3 +311,85 @@ def test_systemd_units_reload_with_sigusr1_and_outwait_the_drain() -> None:
     socket_unit = (REPO / "deploy" / "systemd" / "kamisama.socket").read_text()
     assert "ListenStream=" in socket_unit
     assert "Requires=kamisama.socket" in unit
+
+
+# --------------------------------------------------------------------------- reload
+
+RELOAD_APP = """
+    import os
+    from kamisama_server import worker_id
+
+    VERSION = "one"
+
+    def app(environ, start_response):
+        body = f"{VERSION} {os.getpid()}".encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+"""
+
+HOOK = """
+    def shutdown(wid, signal):
+        with open("hooks.txt", "a") as f:
+            f.write(f"{wid} {signal}\\n")
+"""
+
+
+def _version(server: Server) -> str:
+    return one_request(server.port).split(b"\r\n\r\n", 1)[1].split()[0].decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-imports", "preload"])
+def test_reload_replaces_workers_on_a_change_and_keeps_serving_broken_code(
+    serve: StartServer, preload: bool
+) -> None:
+    pytest.importorskip("watchfiles")
+    extra = ["--preload"] if preload else []
+    server = serve(
+        ["app:app", "-b", "127.0.0.1:0", "-w", "2", "--reload", "--shutdown=hook:shutdown", *extra],
+        modules={"app": RELOAD_APP, "hook": HOOK},
+    )
+    server.wait_listening()
+    app = server.directory / "app.py"
+    assert _version(server) == "one"
+
+    # Each version has another length: an edit in the same second, of the same size,
+    # looks unchanged to Python's bytecode cache (mtime in whole seconds, and size).
+    app.write_text(app.read_text().replace('"one"', '"second"'))
+    server.wait_for_log("reload: app.py changed: rolling restart", timeout=20)
+    server.wait_for_log("rolling restart done", timeout=20)
+    assert {_version(server) for _ in range(6)} == {"second"}
+    hooks = (server.directory / "hooks.txt").read_text().split("\n")
+    assert sorted(h for h in hooks if h) == ["1 SIGUSR2", "2 SIGUSR2"]
+
+    app.write_text(app.read_text().replace('VERSION = "second"', "VERSION = (", 1))
+    server.wait_for_log("but the app does not load; old workers keep serving", timeout=20)
+    assert server.err.count("does not load") == 1, server.err
+    assert "failed: SyntaxError: '(' was never closed (app.py, line 5)" in server.err
+    assert {_version(server) for _ in range(6)} == {"second"}
+    assert server.err.count("rolling restart done") == 1
+
+    app.write_text(app.read_text().replace("VERSION = (", 'VERSION = "third!"', 1))
+    server.wait_for_log("rolling restart done", count=2, timeout=20)
+    assert {_version(server) for _ in range(6)} == {"third!"}
+    assert server.stop() == 0, server.output()
+
+
+def test_reload_without_watchfiles_names_the_extra(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "watchfiles.py").write_text("raise ImportError('not installed (test)')\n")
+    (tmp_path / "app.py").write_text(PID_APP)
+    done = subprocess.run(
+        [SERVE, "app:app", "-b", "127.0.0.1:0", "-w", "1", "--reload"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(blocker)},
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "[kamisama] cannot start: --reload needs the watchfiles package: "
+        "pip install 'kamisama-server[reload]'"
+    ]
