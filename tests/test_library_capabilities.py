@@ -129,16 +129,22 @@ sys.exit(kamisama(workers=2, run=run, shutdown=shutdown))
 
 
 def test_sigusr1_replaces_every_worker_one_at_a_time_keeping_ids(script):
+    # manual_ready: a worker is ready once it printed its pid. (By default a worker
+    # is ready just before run is called, so its print raced the old worker's hook:
+    # the order of the two lines in the output proved nothing either way.)
     master = script(
         PRELUDE
         + """
+from kamisama_server import ready
+
 def run(id):
     print(f"pid {id} {os.getpid()}")
+    ready()
 
 def shutdown(id, signal):
     print(f"hook {id} {signal} {os.getpid()}")
 
-sys.exit(kamisama(workers=2, run=run, shutdown=shutdown))
+sys.exit(kamisama(workers=2, run=run, shutdown=shutdown, manual_ready=True))
 """
     )
     first = wait_until(lambda: len(master.worker_pids()) == 2 and master.worker_pids())
