@@ -355,9 +355,11 @@ def test_reload_replaces_workers_on_a_change_and_keeps_serving_broken_code(
 
     # Each version has another length: an edit in the same second, of the same size,
     # looks unchanged to Python's bytecode cache (mtime in whole seconds, and size).
+    first = list(server.started().values())
     app.write_text(app.read_text().replace('"one"', '"second"'))
     server.wait_for_log("reload: app.py changed: rolling restart", timeout=20)
     server.wait_for_log("rolling restart done", timeout=20)
+    pids_gone(first)  # "done" once the last successor is ready; its predecessor drains on
     assert {_version(server) for _ in range(6)} == {"second"}
     hooks = (server.directory / "hooks.txt").read_text().split("\n")
     assert sorted(h for h in hooks if h) == ["1 SIGUSR2", "2 SIGUSR2"]
@@ -369,8 +371,10 @@ def test_reload_replaces_workers_on_a_change_and_keeps_serving_broken_code(
     assert {_version(server) for _ in range(6)} == {"second"}
     assert server.err.count("rolling restart done") == 1
 
+    second = list(server.started().values())
     app.write_text(app.read_text().replace("VERSION = (", 'VERSION = "third!"', 1))
     server.wait_for_log("rolling restart done", count=2, timeout=20)
+    pids_gone(second)
     assert {_version(server) for _ in range(6)} == {"third!"}
     assert server.stop() == 0, server.output()
 
