@@ -82,6 +82,13 @@ class ServeConfig:
     limit_request_body: int | None = None
     run_hook: str | None = None
     shutdown_hook: str | None = None
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    shutdown_delay: float = 0.0
+    pid_file: str | None = None
+    unix_socket_mode: int | None = None
+    reload: bool = False
+    reload_dirs: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -210,6 +217,16 @@ def _access_format(text: str) -> str:
         return check_format(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        value = int(text.strip(), 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an octal mode (0660), got {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"expected permission bits 000 to 777, got {text!r}")
+    return value
 
 
 def _app_dir(text: str) -> str:
@@ -352,6 +369,35 @@ OPTIONS: tuple[Option, ...] = (
            "`module:func` called with the worker id and signal name after the drain "
            "(sync or async).",
            "none", _module_attr, metavar="MODULE:FUNC", env="KAMISAMA_SHUTDOWN"),
+    Option("max_requests", ("--max-requests",),
+           "Recycle a worker after it answered this many requests (a successor starts "
+           "first, then it drains, as with SIGUSR1); bounds what a leaking app grows to. "
+           "0 = never.",
+           "0", _int(0), metavar="N"),
+    Option("max_requests_jitter", ("--max-requests-jitter",),
+           "Each worker draws its own limit in [N, N+J], so workers do not recycle "
+           "together; needs `--max-requests`.",
+           "0", _int(0), metavar="J"),
+    Option("shutdown_delay", ("--shutdown-delay",),
+           "Lame duck: after a shutdown signal keep accepting and serving this long, "
+           "then drain (covers a load balancer still routing to us, e.g. Kubernetes "
+           "endpoints).",
+           "0", _seconds(positive=False), metavar="SECONDS"),
+    Option("pid_file", ("--pid",),
+           "Write the master's pid to FILE once listening; removed at exit; refused "
+           "(exit 4) if FILE names a live process.",
+           "none", str, metavar="FILE"),
+    Option("unix_socket_mode", ("--unix-socket-mode",),
+           "Permission bits (octal) of every `unix:` socket, e.g. `0660` for a proxy "
+           "in the same group; none: the umask decides.",
+           "none", _octal_mode, metavar="MODE"),
+    Option("reload", ("--reload",),
+           "Development: replace the workers when a `.py` file changes under "
+           "`--reload-dir` (needs `kamisama-server[reload]`).",
+           "off", _bool, "bool"),
+    Option("reload_dirs", ("--reload-dir",),
+           "Directory `--reload` watches; repeatable.",
+           "the app directory", _app_dir, "append", "DIR"),
 )  # fmt: skip
 
 _BY_DEST = {option.dest: option for option in OPTIONS}
@@ -554,6 +600,10 @@ def parse_args(
         values["limit_request_body"] = None
     if values.get("ssl_keyfile") and not values.get("ssl_certfile"):
         parser.error("--ssl-keyfile needs --ssl-certfile")
+    if values.get("max_requests_jitter") and not values.get("max_requests"):
+        parser.error("--max-requests-jitter needs --max-requests")
+    if "reload_dirs" in values:
+        values["reload_dirs"] = tuple(values["reload_dirs"])
     values["binds"] = _binds(parser, cli, env, env_map)
     return ServeConfig(**values)
 

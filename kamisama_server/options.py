@@ -83,6 +83,15 @@ class KamisamaOptions:
     any event loop runs (import the app here: WSGI frameworks expect no running
     loop). Raising ends the worker as a crash in ``run`` would."""
 
+    shutdown_delay: float = 0.0
+    """Lame duck: seconds between a shutdown signal and the start of the graceful
+    shutdown, during which the workers keep serving (a load balancer may still
+    route to us). A second shutdown signal meanwhile is ignored, as during a drain."""
+
+    on_rolling_restart: Callable[[str], object] | None = None
+    """Called in the master with ``"begin"`` and ``"done"`` around each rolling
+    restart (SIGUSR1, ``Supervisor.restart``, or a worker's replacement)."""
+
     heartbeat_timeout: float | None = None
     """For an async ``run``: its event loop beats to the master; a ready worker
     whose loop has not beaten for this many seconds (stuck in CPU-bound code) has
@@ -99,6 +108,7 @@ _OPTIONAL_CALLABLES = (
     "on_shutdown",
     "lend_fds",
     "on_stop_requested",
+    "on_rolling_restart",
     "setup",
 )
 
@@ -137,6 +147,7 @@ def resolve_options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> KamisamaOp
     _check_callables(given)
     given["workers"] = _resolve_workers(given.get("workers"))
     given["timeout"] = _check_timeout(given.get("timeout", 10.0))
+    given["shutdown_delay"] = _check_timeout(given.get("shutdown_delay", 0.0))
     if given.get("heartbeat_timeout") is not None:
         given["heartbeat_timeout"] = _check_timeout(given["heartbeat_timeout"]) or None
     for flag in ("manual_ready", "fail_fast"):

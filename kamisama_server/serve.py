@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import os
+import random
 import socket
 import ssl
 import sys
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from kamisama_server import systemd
 from kamisama_server.config import ServeConfig
 from kamisama_server.http.asgi import AsgiAdapter
 from kamisama_server.http.balance import LoadBoard, Seat
@@ -28,14 +30,28 @@ from kamisama_server.http.exchange import AppHandler
 from kamisama_server.http.lifespan import LifespanFailed
 from kamisama_server.http.server import HttpServer
 from kamisama_server.http.wsgi import WSGIAdapter
+from kamisama_server.identity import PidFile, PidFileInUse, set_title
 from kamisama_server.loader import LoadError, as_asgi3, detect_interface, load_app, load_hook
 from kamisama_server.logs import configure_server as configure_logging
 from kamisama_server.logs import write_line
 from kamisama_server.options import KamisamaOptions
+from kamisama_server.reload import (
+    RELOAD_SIGNAL,
+    ReloadUnavailable,
+    Watcher,
+    forget_modules,
+    probe_import,
+    require_watchfiles,
+)
+from kamisama_server.signals import RESTART_SIGNAL
 from kamisama_server.sockets import BindError, Listeners, bind_listeners
 from kamisama_server.supervisor import Supervisor, check_platform
 from kamisama_server.worker import log, ready, report_failure, request_replacement, worker_id
 
+REPLACED_SIGNAL = RESTART_SIGNAL.name if RESTART_SIGNAL else "SIGUSR1"
+"""What a worker retired by a rolling restart (or a replacement) is stopped with."""
+
+EXIT_USAGE = 2
 EXIT_CANNOT_START = 3
 EXIT_CANNOT_BIND = 4
 
@@ -72,7 +88,8 @@ class _WorkerState:
     stopping: bool = False
     pending_hook: Awaitable[Any] | None = None  # an async --run hook, awaited on the loop
     seat: Seat | None = None
-    replacing: bool = False  # the watchdog asked the master for a successor
+    replacing: bool = False  # asked the master for a successor (watchdog, --max-requests)
+    request_limit: int = 0  # this worker's --max-requests draw; 0 = no limit
     last_sweep: float = 0.0
     serving: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -163,6 +180,10 @@ class ServerWorkers:
         Apps and frameworks expect to be imported where no loop runs (Django's
         ORM refuses to run under one), as every WSGI server does.
         """
+        set_title(f"kamisama: worker {wid} {self.config.app}")
+        self.state.request_limit = draw_request_limit(
+            self.config.max_requests, self.config.max_requests_jitter
+        )
         mine = self.listeners.sockets_for(wid)
         for listener in self.listeners.all():
             if listener.sock not in mine:
@@ -192,6 +213,7 @@ class ServerWorkers:
             _cannot_start(wid, StartupFailed(str(error)))
         seat = state.seat = self.board.claim(wid) if self.board is not None else None
         server = state.server = self._new_server(handler, seat=seat, on_tick=self._on_tick)
+        server.limit_requests(state.request_limit, self._recycle)
         await server.start(self.listeners.sockets_for(wid))
         state.serving.set()
         ready()
@@ -215,6 +237,13 @@ class ServerWorkers:
         if state.seat is not None and now - state.last_sweep >= 1.0:
             state.last_sweep = now
             state.seat.board.sweep()
+
+    def _recycle(self) -> None:
+        """Past --max-requests: get a successor, then drain (bounds a leaking app)."""
+        if not self.state.replacing:
+            self.state.replacing = True
+            limit = self.state.request_limit
+            request_replacement(f"served {limit} requests (--max-requests {limit})")
 
     def _stuck(self, report: str) -> None:
         """A WSGI call ran over --request-timeout: say so, and get a successor (once)."""
@@ -278,7 +307,14 @@ class ServerWorkers:
             # No drain timeout of our own: the master enforces --timeout, so a request
             # still running then is always a killed worker (exit 1, named in the log),
             # never a race between our timer and the master's that could exit 0.
-            await asyncio.gather(*(s.drain(None, close_sockets=True) for s in servers))
+            # Replaced (SIGUSR1, --max-requests, watchdog): a successor serves already,
+            # so an idle keep-alive connection may run out its keep-alive and have its
+            # next request answered with close, rather than race a close of ours.
+            replaced = signal_name == REPLACED_SIGNAL
+            grace = min(self.config.keep_alive, self.config.timeout / 2) if replaced else None
+            await asyncio.gather(
+                *(s.drain(None, close_sockets=True, idle_grace=grace) for s in servers)
+            )
             if state.asgi is not None:
                 await state.asgi.shutdown()
             if state.wsgi is not None:
@@ -287,6 +323,41 @@ class ServerWorkers:
             state.stopped.set()
         if self.loaded is not None and self.loaded.shutdown_hook is not None:
             await _call(self.loaded.shutdown_hook, wid, signal_name)
+
+
+def draw_request_limit(limit: int, jitter: int) -> int:
+    """This worker's own ``--max-requests``: in [limit, limit + jitter], 0 for none."""
+    return limit + random.randint(0, jitter) if limit else 0
+
+
+class _Reloads:
+    """``--reload`` in the master: check the changed code imports, then restart."""
+
+    def __init__(self, config: ServeConfig, workers: ServerWorkers) -> None:
+        self.config = config
+        self.workers = workers
+        self.supervisor: Supervisor | None = None
+        self.watcher = Watcher(config.reload_dirs or (config.app_dir,), self.changed)
+
+    def changed(self, paths: list[str]) -> None:
+        """In the watcher thread: a batch of ``.py`` files changed."""
+        names = ", ".join(os.path.relpath(p, self.config.app_dir) for p in paths[:3])
+        config = self.config
+        if config.preload:
+            forget_modules(self.watcher.directories)
+            try:
+                self.workers.loaded = load(config)
+                error = None
+            except StartupFailed as failed:
+                error = str(failed)
+        else:
+            error = probe_import(config.app, config.app_dir, config.factory)
+        if error is not None:
+            log(f"reload: {names} changed, but the app does not load; old workers keep serving")
+            print(error, file=sys.stderr, flush=True)
+            return
+        if self.supervisor is not None:
+            self.supervisor.restart(f"reload: {names} changed", RELOAD_SIGNAL)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -308,6 +379,19 @@ def serve(config: ServeConfig) -> int:
     except ValueError as error:
         log(f"cannot start: {error}", logging.ERROR)
         return EXIT_CANNOT_START
+    set_title(f"kamisama: master {config.app}")
+    pid_file = PidFile(config.pid_file) if config.pid_file else None
+    try:
+        if config.reload:
+            require_watchfiles()
+        if pid_file is not None:
+            pid_file.check()
+    except ReloadUnavailable as error:
+        log(f"cannot start: {error}", logging.ERROR)
+        return EXIT_USAGE
+    except PidFileInUse as error:
+        log(f"cannot start: {error}", logging.ERROR)
+        return EXIT_CANNOT_BIND
     loaded: _Loaded | None = None
     if config.preload:
         try:
@@ -328,21 +412,46 @@ def serve(config: ServeConfig) -> int:
         return EXIT_CANNOT_START
     try:
         listeners = bind_listeners(
-            config.binds, slots=config.workers, mode=config.socket_mode, backlog=config.backlog
+            config.binds,
+            slots=config.workers,
+            mode=config.socket_mode,
+            backlog=config.backlog,
+            unix_mode=config.unix_socket_mode,
         )
     except BindError as error:
         log(f"cannot bind {error}", logging.ERROR)
         return EXIT_CANNOT_BIND
     board = LoadBoard() if config.socket_mode == "shared" else None
     workers = ServerWorkers(config, http, listeners, loaded, board)
+    reloads = _Reloads(config, workers) if config.reload else None
     scheme = "https" if config.ssl_certfile else "http"
+
+    def status() -> str:
+        return f"{supervisor.target} workers serving {', '.join(listeners.urls(scheme))}"
 
     def announce() -> None:
         urls = ", ".join(listeners.urls(scheme))
         count = supervisor.target
+        if pid_file is not None:
+            pid_file.write()
         workers_text = "1 worker" if count == 1 else f"{count} workers"
         # stdout, not the log: the line tools wait for, whatever the log level.
         write_line(1, f"kamisama: listening on {urls} ({workers_text}, pid {os.getpid()})")
+        systemd.ready(status())
+        if reloads is not None:
+            reloads.watcher.start()
+
+    def rolling(phase: str) -> None:
+        if phase == "begin":
+            systemd.reloading()
+        else:
+            systemd.ready(status())
+
+    def on_shutdown(_signal: str) -> None:
+        systemd.stopping()
+        if reloads is not None:
+            reloads.watcher.stop()
+        listeners.close()
 
     options = KamisamaOptions(
         setup=workers.setup,
@@ -357,12 +466,18 @@ def serve(config: ServeConfig) -> int:
         on_sibling=workers.on_sibling,
         lend_fds=workers.lend_fds,
         on_stop_requested=workers.stop_requested,
-        on_shutdown=lambda _signal: listeners.close(),
+        on_shutdown=on_shutdown,
         loop_factory=_loop_factory(),
         heartbeat_timeout=config.request_timeout or None,
+        shutdown_delay=config.shutdown_delay,
+        on_rolling_restart=rolling,
     )
     supervisor = Supervisor(options)
+    if reloads is not None:
+        reloads.supervisor = supervisor
     try:
         return supervisor.run()
     finally:
         listeners.close()
+        if pid_file is not None:
+            pid_file.remove()

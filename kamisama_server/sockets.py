@@ -253,8 +253,11 @@ def bind_listeners(
     backlog: int = DEFAULT_BACKLOG,
     environ: MutableMapping[str, str] | None = None,
     adopt_systemd: bool = True,
+    unix_mode: int | None = None,
 ) -> Listeners:
     """Bind every spec (plus systemd's sockets, if handed to us) for ``slots`` workers.
+
+    ``unix_mode``: permission bits of each ``unix:`` socket file (else the umask's).
 
     Raises :class:`BindError` (nothing stays bound then) or ``ValueError`` for a
     bad spec. Systemd's ``LISTEN_*`` variables are removed from ``environ``
@@ -269,7 +272,7 @@ def bind_listeners(
     listeners = Listeners(mode=chosen, backlog=backlog)
     try:
         for spec in parsed:
-            _bind_one(listeners, spec, slots)
+            _bind_one(listeners, spec, slots, unix_mode)
         if adopt_systemd:
             env = os.environ if environ is None else environ
             fds = systemd_listen_fds(env)
@@ -287,10 +290,12 @@ def bind_listeners(
     return listeners
 
 
-def _bind_one(listeners: Listeners, spec: BindSpec, slots: int) -> None:
+def _bind_one(
+    listeners: Listeners, spec: BindSpec, slots: int, unix_mode: int | None = None
+) -> None:
     backlog = listeners.backlog
     if spec.kind == "unix":
-        sock, unix_file = _bind_unix(spec, backlog)
+        sock, unix_file = _bind_unix(spec, backlog, unix_mode)
         listeners.shared.append(Listener(sock, spec))
         if unix_file is not None:
             listeners._unix_files.append(unix_file)
@@ -358,7 +363,9 @@ def _bind_tcp(
     return _finish(sock)
 
 
-def _bind_unix(spec: BindSpec, backlog: int) -> tuple[socket.socket, _UnixFile | None]:
+def _bind_unix(
+    spec: BindSpec, backlog: int, mode: int | None = None
+) -> tuple[socket.socket, _UnixFile | None]:
     address = spec.text
     abstract = spec.path.startswith("\0")
     if not abstract:
@@ -366,6 +373,8 @@ def _bind_unix(spec: BindSpec, backlog: int) -> tuple[socket.socket, _UnixFile |
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(spec.path)
+        if mode is not None and not abstract:
+            os.chmod(spec.path, mode)  # before listen: nobody connects with the umask's bits
         sock.listen(backlog)
     except OSError as exc:
         sock.close()

@@ -113,6 +113,8 @@ class _RollingRestart:
     """Replace each slot's worker in turn: start the new one, retire the old once ready."""
 
     queue: list[int]
+    signal_name: str = _RESTART_NAME  # what the retired workers' hooks receive
+    whole: bool = True  # every worker (told to on_rolling_restart), not one replacement
     current: _Process | None = None
     old_pid: int | None = None  # the worker ``current`` replaces
 
@@ -133,6 +135,9 @@ class Supervisor:
         self.rolling: _RollingRestart | None = None
         self.down: set[int] = set()  # slots whose worker died and is not ready again
         self.pending_signals: list[int] = []
+        self.pending_restarts: list[tuple[str, str]] = []  # from restart(), any thread
+        self.restart_after: tuple[str, str] | None = None  # asked for during a restart
+        self.lame_duck: tuple[str, float] | None = None  # (signal name, shutdown at)
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -151,6 +156,8 @@ class Supervisor:
                 self._spawn(wid)
             while True:
                 self._handle_signals()
+                self._handle_restarts()
+                self._end_lame_duck()
                 self._reap()
                 if self.stopping and not self.processes:
                     return self.status
@@ -170,6 +177,8 @@ class Supervisor:
     def _next_wakeup(self) -> float:
         now = time.monotonic()
         moments = list(self.respawn_at.values())
+        if self.lame_duck is not None:
+            moments.append(self.lame_duck[1])
         moments += [p.deadline for p in self.processes.values() if p.deadline and not p.killed]
         soonest = min(moments, default=now + MAX_SLEEP)
         return max(0.0, min(MAX_SLEEP, soonest - now))
@@ -256,7 +265,7 @@ class Supervisor:
         while self.pending_signals:
             signum = self.pending_signals.pop(0)
             if signum in SHUTDOWN_SIGNALS:
-                self._begin_shutdown(signal_name(signum))
+                self._shutdown_signal(signal_name(signum))
             elif self.stopping or signum == signal.SIGCHLD:
                 continue
             elif signum == RESTART_SIGNAL:
@@ -268,13 +277,55 @@ class Supervisor:
             elif signum == SCALE_DOWN_SIGNAL:
                 self._scale_down(signal_name(signum))
 
+    # ---- restarts requested from other threads ---------------------------------------
+
+    def restart(self, reason: str, signal_name: str = _RESTART_NAME) -> None:
+        """Ask for a rolling restart; safe from any thread (e.g. a file watcher).
+
+        The loop does the work; the retired workers' hooks get ``signal_name``.
+        Asked for while a restart runs, another starts once that one is done.
+        """
+        self.pending_restarts.append((reason, signal_name))
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"r")
+
+    def _handle_restarts(self) -> None:
+        while self.pending_restarts:
+            reason, name = self.pending_restarts.pop(0)
+            if self.stopping:
+                continue
+            if self.rolling is not None:
+                self.restart_after = (reason, name)
+                continue
+            log(f"{reason}: rolling restart of {self.target} worker(s)")
+            self._start_rolling(list(range(1, self.target + 1)), name)
+
     # ---- shutdown -----------------------------------------------------------------
+
+    def _shutdown_signal(self, name: str) -> None:
+        """A shutdown signal: shut down now, or after ``shutdown_delay`` (lame duck)."""
+        delay = self.options.shutdown_delay
+        if self.lame_duck is not None:
+            log(f"{name} received during the shutdown delay; ignored")
+            return
+        if self.stopping or not delay:
+            self._begin_shutdown(name)
+            return
+        self.lame_duck = (name, time.monotonic() + delay)
+        log(f"{name} received: still serving for {delay}s (shutdown delay), then shutting down")
+
+    def _end_lame_duck(self) -> None:
+        if self.lame_duck is not None and time.monotonic() >= self.lame_duck[1]:
+            name, _ = self.lame_duck
+            self.lame_duck = None
+            self._begin_shutdown(name)
 
     def _begin_shutdown(self, name: str, why: str | None = None) -> None:
         """Tell every worker to stop; ``why`` replaces "NAME received" in the log."""
         if self.stopping:
             log(f"{name} received while already shutting down; ignored")
             return
+        self.lame_duck = None
         self.stopping = True
         self.rolling = None
         self.respawn_at.clear()
@@ -447,6 +498,7 @@ class Supervisor:
                 f"{who} {why or reason + ' before it became ready'}; rolling restart abandoned",
                 logging.ERROR,
             )
+            self._tell_rolling("done")
             self.rolling = None
             return
         if self.options.fail_fast and not process.ready:
@@ -531,7 +583,7 @@ class Supervisor:
         process.being_replaced = True
         log(f"worker {process.wid} (pid {process.pid}) is replaced: {reason}", logging.WARNING)
         if self.rolling is None:
-            self.rolling = _RollingRestart(queue=[process.wid])
+            self._start_rolling([process.wid], _RESTART_NAME, whole=False)
         elif process.wid not in self.rolling.queue:
             self.rolling.queue.append(process.wid)
 
@@ -561,7 +613,20 @@ class Supervisor:
             log("rolling restart already under way; ignored")
             return
         log(f"rolling restart of {self.target} worker(s)")
-        self.rolling = _RollingRestart(queue=list(range(1, self.target + 1)))
+        self._start_rolling(list(range(1, self.target + 1)), _RESTART_NAME)
+
+    def _start_rolling(self, queue: list[int], name: str, whole: bool = True) -> None:
+        self.rolling = _RollingRestart(queue=queue, signal_name=name, whole=whole)
+        self._tell_rolling("begin")
+
+    def _tell_rolling(self, phase: str) -> None:
+        if self.rolling is not None and not self.rolling.whole:
+            return
+        if self.options.on_rolling_restart is not None:
+            try:
+                self.options.on_rolling_restart(phase)
+            except Exception as error:
+                log(f"on_rolling_restart failed: {error!r}")
 
     def _advance_rolling_restart(self) -> None:
         rolling = self.rolling
@@ -589,7 +654,7 @@ class Supervisor:
                     logging.WARNING,
                 )
             elif old is not None:
-                self._stop_process(old, _RESTART_NAME, deadline)
+                self._stop_process(old, rolling.signal_name, deadline)
             rolling.current = None
         while rolling.queue:
             wid = rolling.queue.pop(0)
@@ -606,7 +671,12 @@ class Supervisor:
             rolling.old_pid = old.pid
             return
         log("rolling restart done")
+        self._tell_rolling("done")
         self.rolling = None
+        if self.restart_after is not None:
+            reason, name = self.restart_after
+            self.restart_after = None
+            self.restart(reason, name)
 
 
 def kamisama(*args: Any, **kwargs: Any) -> int:

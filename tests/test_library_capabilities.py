@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 
-from processes import wait_until
-from test_library_promises import PRELUDE, hooks
+from processes import pid_alive, wait_until
+from test_library_promises import PIDS_AND_HOOKS, PRELUDE, hooks
 
 
 def test_on_ready_runs_once_in_the_master_after_every_manual_ready(script):
@@ -106,13 +107,8 @@ sys.exit(kamisama(workers=2, run=run, before_fork=before_fork))
 
 def test_sigttin_adds_a_worker_and_sigttou_retires_the_highest_id(script):
     master = script(
-        PRELUDE
+        PIDS_AND_HOOKS
         + """
-def run(id):
-    print(f"pid {id} {os.getpid()}")
-
-def shutdown(id, signal):
-    print(f"hook {id} {signal}")
 
 sys.exit(kamisama(workers=2, run=run, shutdown=shutdown))
 """
@@ -129,6 +125,9 @@ sys.exit(kamisama(workers=2, run=run, shutdown=shutdown))
 
 
 def test_sigusr1_replaces_every_worker_one_at_a_time_keeping_ids(script):
+    # manual_ready: a worker is ready once it printed its pid. (By default a worker
+    # is ready just before run is called, so its print raced the old worker's hook:
+    # the order of the two lines in the output proved nothing either way.)
     master = script(
         PRELUDE
         + """
@@ -367,3 +366,54 @@ sys.exit(kamisama(workers=2, setup=setup, run=run))
         assert lines.index(setup_line) < lines.index(f"run {wid} {pid}")
     master.signal_master(signal.SIGTERM)
     assert master.wait() == 0
+
+
+def test_restart_from_another_thread_replaces_every_worker_with_the_given_signal_name(script):
+    master = script(
+        PIDS_AND_HOOKS
+        + """
+import threading
+from kamisama_server.options import resolve_options
+from kamisama_server.supervisor import Supervisor
+
+def ready():
+    threading.Thread(target=supervisor.restart, args=("a file changed", "SIGUSR2")).start()
+
+def phase(name):
+    print(f"restart {name}")
+
+options = resolve_options((), dict(workers=2, run=run, shutdown=shutdown, on_ready=ready,
+                                   on_rolling_restart=phase))
+supervisor = Supervisor(options)
+sys.exit(supervisor.run())
+"""
+    )
+    master.wait_for_output("restart done")
+    master.wait_for_output("SIGUSR2", count=2)  # the last retired worker drains after "done"
+    assert sorted(hooks(master.out)) == [(1, "SIGUSR2"), (2, "SIGUSR2")]
+    assert master.lines().index("restart begin") < master.lines().index("restart done")
+    assert "a file changed: rolling restart of 2 worker(s)" in master.err
+    assert len(master.worker_pids()) == 2
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0
+    assert sorted(hooks(master.out)) == [(w, s) for w in (1, 2) for s in ("SIGTERM", "SIGUSR2")]
+
+
+def test_shutdown_delay_keeps_workers_running_then_shuts_down_once(script):
+    master = script(
+        PIDS_AND_HOOKS
+        + """
+sys.exit(kamisama(workers=2, run=run, shutdown=shutdown, shutdown_delay=1.0))
+"""
+    )
+    pids = wait_until(lambda: len(master.worker_pids()) == 2 and master.worker_pids())
+    sent = time.monotonic()
+    master.signal_master(signal.SIGTERM)
+    master.wait_for_log("still serving for 1.0s")
+    master.signal_master(signal.SIGINT)  # a second signal does not cut the delay short
+    master.wait_for_log("SIGINT received during the shutdown delay; ignored")
+    assert all(pid_alive(pid) for pid in pids.values())
+    assert "hook" not in master.out
+    assert master.wait() == 0
+    assert time.monotonic() - sent >= 1.0
+    assert sorted(hooks(master.out)) == [(1, "SIGTERM"), (2, "SIGTERM")]

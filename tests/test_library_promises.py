@@ -24,6 +24,18 @@ def print(*words):
     sys.stdout.flush()
 """
 
+PIDS_AND_HOOKS = (
+    PRELUDE
+    + """
+def run(id):
+    print(f"pid {id} {os.getpid()}")
+
+def shutdown(id, signal):
+    print(f"hook {id} {signal}")
+"""
+)
+"""Workers that print ``pid ID PID`` when they start and ``hook ID SIGNAL`` when they stop."""
+
 
 def hooks(out: str) -> list[tuple[int, str]]:
     return [(int(m[1]), m[2]) for m in re.finditer(r"^hook (\d+) (\S+)$", out, re.M)]
@@ -61,13 +73,8 @@ sys.exit(kamisama({"workers": 3, "run": run, "shutdown": shutdown, "timeout": 5.
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGINT])
 def test_each_shutdown_signal_to_the_master_alone_calls_every_hook_with_its_name(script, sig):
     master = script(
-        PRELUDE
+        PIDS_AND_HOOKS
         + """
-def run(id):
-    print(f"pid {id} {os.getpid()}")
-
-def shutdown(id, signal):
-    print(f"hook {id} {signal}")
 
 sys.exit(kamisama(run, workers=2, shutdown=shutdown))
 """
@@ -80,13 +87,8 @@ sys.exit(kamisama(run, workers=2, shutdown=shutdown))
 
 def test_duplicate_signals_never_call_a_hook_twice(script):
     master = script(
-        PRELUDE
+        PIDS_AND_HOOKS
         + """
-def run(id):
-    print(f"pid {id} {os.getpid()}")
-
-def shutdown(id, signal):
-    print(f"hook {id} {signal}")
     time.sleep(1.0)  # duplicates arrive while the hook still runs
 
 sys.exit(kamisama(workers=3, run=run, shutdown=shutdown, timeout=8))

@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,6 +179,38 @@ def test_sigterm_exits_0_with_a_client_that_never_starts_tls(
         response = httpx.get(https_url(server), verify=certificate.client_context(), timeout=5)
         assert response.status_code == 200  # others are served meanwhile
         assert server.stop(signal.SIGTERM, timeout=20) == 0, server.output()
+
+
+@pytest.mark.parametrize("app", [APP, ASGI_APP], ids=["wsgi", "asgi"])
+def test_sigterm_closes_idle_tls_keep_alive_connections_and_exits_0_within_a_second(
+    serve: StartServer, certificate: Certificate, app: str
+) -> None:
+    """Clients that hold an idle TLS keep-alive connection and never answer our
+    ``close_notify`` (they do not read) must not hold the drain until --timeout."""
+    server = start_tls(serve, certificate, app)
+    context = certificate.client_context()
+    held: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(4):
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            held.append(conn)
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"https"):
+                chunk = conn.recv(4096)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200")
+        began = time.monotonic()
+        code = server.stop(signal.SIGTERM, timeout=10)
+        took = time.monotonic() - began
+    finally:
+        for conn in held:
+            conn.close()
+    print(f"\nexit {code} after {took:.2f}s with {len(held)} idle TLS connections")
+    assert code == 0, server.output()
+    assert took < 1.0, server.output()
 
 
 # --------------------------------------------------------------------------- bad files

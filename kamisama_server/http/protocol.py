@@ -55,6 +55,7 @@ _FORBIDDEN_TRAILERS = frozenset(
     )
 )
 _LINGER = 2.0  # seconds we keep reading (and dropping) after an error before closing
+_TLS_CLOSE_WAIT = 0.1  # seconds a draining TLS close waits for the client's close_notify
 _CLAIM = 0.01  # seconds a new connection's first request may take to start counting
 _SILENT_CLAIMS = 8  # this many claims in a row expired silent: claim nothing (slowloris)
 
@@ -587,7 +588,7 @@ class HttpProtocol(asyncio.Protocol):
     def response_done(self, exchange: HttpExchange) -> None:
         """The exchange's response is complete: log, then serve the next or close."""
         state = self.state
-        state.total_requests += 1
+        state.count_response()
         self.requests += 1
         if state.access is not None:
             state.access.log(exchange)
@@ -611,9 +612,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._mid_head:
             self.timer = _HEAD
             self.deadline = self.loop.time() + self.config.header_timeout
-        elif state.draining or self.eof:
+        elif self.eof:
             self._close()
             return
+        elif state.draining:
+            # The stop came after this response promised keep-alive: its client may
+            # send the next request right now; closing at once would lose it.
+            self.timer = _IDLE
+            self.drain()
         else:
             self.timer = _IDLE
             self.deadline = self.loop.time() + self.config.keep_alive
@@ -640,7 +646,7 @@ class HttpProtocol(asyncio.Protocol):
             self._pending_error = (status, reason)
 
     def _send_error(self, status: int, reason: str) -> None:
-        self.state.total_requests += 1
+        self.state.count_response()
         if status >= 500 or status == 408:
             error_log.info("%s answered %d: %s", _peer(self.client), status, reason)
         else:
@@ -737,7 +743,13 @@ class HttpProtocol(asyncio.Protocol):
             transport.abort()
 
     def drain(self) -> None:
-        """The worker is shutting down: close when idle, else after the current response."""
+        """The worker is shutting down: close when idle, else after the current response.
+
+        An idle keep-alive connection gets the drain's ``idle_grace`` (default
+        ``drain_idle_grace``) to send one more request, answered with
+        ``connection: close``: the longer, the smaller the chance of closing it
+        just as its client sends one.
+        """
         if self.closed:
             return
         if self.exchange is not None or self.pipeline or self._mid_head:
@@ -748,7 +760,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         # Idle keep-alive: a request may already be in flight; give it a moment.
         self.timer = _IDLE
-        self.deadline = min(self.deadline, self.loop.time() + self.config.drain_idle_grace)
+        grace = self.state.idle_grace
+        grace = self.config.drain_idle_grace if grace is None else grace
+        self.deadline = min(self.deadline, self.loop.time() + grace)
 
     def force_close(self) -> None:
         """Drain timed out: drop the connection now."""
@@ -837,6 +851,20 @@ class HttpProtocol(asyncio.Protocol):
             self.loop.call_later(_LINGER, transport.close)
         else:
             transport.close()
+            if self.config.ssl is not None and self.state.draining:
+                self.loop.call_later(_TLS_CLOSE_WAIT, self._abort_tls_close)
+
+    def _abort_tls_close(self) -> None:
+        """A TLS close waits for the client's ``close_notify``; an idle client holding
+        its connection open never sends it, and would hold the drain until the
+        master's timeout. Once what we wrote is flushed, drop the connection."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if transport.get_write_buffer_size():
+            self.loop.call_later(_TLS_CLOSE_WAIT, self._abort_tls_close)
+            return
+        transport.abort()
 
 
 def _use_target_host(headers: list[tuple[bytes, bytes]], host: bytes | None, port: Any) -> None:

@@ -111,6 +111,11 @@ class HttpServer:
         """Responses completed (including error answers) since start."""
         return self.state.total_requests
 
+    def limit_requests(self, limit: int, reached: Callable[[], None]) -> None:
+        """Call ``reached()`` once, when the ``limit``-th response completes (0: never)."""
+        self.state.request_limit = limit
+        self.state.on_request_limit = reached
+
     async def start(self, sockets: list[socket.socket]) -> None:
         """Begin accepting on already-bound, listening sockets."""
         loop = asyncio.get_running_loop()
@@ -133,14 +138,21 @@ class HttpServer:
         """
         self.state.draining = True
 
-    async def drain(self, timeout: float | None = None, *, close_sockets: bool = False) -> None:
+    async def drain(
+        self,
+        timeout: float | None = None,
+        *,
+        close_sockets: bool = False,
+        idle_grace: float | None = None,
+    ) -> None:
         """Graceful stop: serve what was queued and in flight, then return.
 
         Stops accepting, accepts what the kernel already queued (then, with
         ``close_sockets``, closes the listening sockets at once: a connection
         queued after that last accept would otherwise wait on a socket nobody
         accepts on, and be reset when its last holder exits), closes idle
-        keep-alive connections, lets in-flight requests finish (answered with
+        keep-alive connections (after ``idle_grace``: see ``HttpProtocol.drain``),
+        lets in-flight requests finish (answered with
         ``connection: close``), asks WebSockets to close. After ``timeout``
         seconds whatever is left is closed hard.
         """
@@ -157,6 +169,7 @@ class HttpServer:
             self._accept(sock, _MAX_BACKLOG_ACCEPT)
             if close_sockets:
                 sock.close()
+        state.idle_grace = idle_grace
         for conn in list(state.connections):
             conn.drain()
         waits: list[asyncio.Future[None]] = [asyncio.ensure_future(self._adopted())]

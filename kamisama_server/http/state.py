@@ -75,7 +75,10 @@ class EngineState:
         self.load_changed: Callable[[], None] | None = None
         self.total_requests = 0
         self.access = AccessLog(config.access_log_format) if config.access_log else None
+        self.request_limit = 0  # on_request_limit() once total_requests reaches it
+        self.on_request_limit: Callable[[], None] | None = None
         self.draining = False
+        self.idle_grace: float | None = None  # the drain's, for idle keep-alive connections
         self.proxies = TrustedProxies(config.forwarded_allow_ips) if config.proxy_headers else None
         self.server_line = (
             b"server: " + config.server_name.encode("latin-1") + b"\r\n"
@@ -86,6 +89,12 @@ class EngineState:
         self.default_headers = b""
         self.refresh_date()
         self._idle: asyncio.Event | None = None
+
+    def count_response(self) -> None:
+        """A response completed (error answers too)."""
+        self.total_requests += 1
+        if self.total_requests == self.request_limit and self.on_request_limit is not None:
+            self.on_request_limit()
 
     def refresh_date(self) -> None:
         """Called about once a second: the ``date`` header all responses share."""
