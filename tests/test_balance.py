@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from http_support import Reader, connect
 from processes import wait_until
-from serve_support import ASGI_PID_APP, PID_APP, Server, StartServer, serving
+from serve_support import ASGI_PID_APP, PID_APP, Server, StartServer, pids_gone, serving
 
 CONNECTIONS = 64
 ROUNDS = 3
@@ -51,9 +51,13 @@ def spread(port: int) -> Counter[int]:
     return counts
 
 
-def rounds(server: Server, phase: str) -> list[str]:
-    """``ROUNDS`` rounds of :func:`spread`; a line per round, and a failure line if unfair."""
-    workers = sorted(server.started().values())
+def rounds(server: Server, phase: str, slots: int | None = None) -> list[str]:
+    """``ROUNDS`` rounds of :func:`spread`; a line per round, and a failure line if unfair.
+
+    The workers are the latest of slots 1..``slots`` (default: every slot started).
+    """
+    started = server.started()
+    workers = sorted(pid for wid, pid in started.items() if slots is None or wid <= slots)
     fair = CONNECTIONS / len(workers)
     lines = []
     for n in range(1, ROUNDS + 1):
@@ -87,6 +91,18 @@ def test_every_worker_gets_its_share(serve: StartServer, kind: str, workers: int
     wait_until(lambda: workers + 1 in server.started(), 10, f"worker {workers + 1} started")
     assert server.answering_pids(workers + 1) == set(server.started().values())
     report += rounds(server, f"after SIGTTIN, {workers + 1} workers")
+
+    removed = server.started()[workers + 1]
+    server.send_signal(signal.SIGTTOU)
+    server.wait_for_log(f"one worker fewer, now {workers}")
+    pids_gone([removed])
+    report += rounds(server, f"after SIGTTOU, {workers} workers", slots=workers)
+
+    before = {pid for wid, pid in server.started().items() if wid <= workers}
+    server.send_signal(signal.SIGUSR1)
+    server.wait_for_log("rolling restart done", timeout=30)
+    pids_gone(sorted(before), timeout=30)
+    report += rounds(server, "after a rolling restart (SIGUSR1)", slots=workers)
 
     print(f"\n{kind}, {workers} workers:\n" + "\n".join(report))
     unfair = [line for line in report if "UNFAIR" in line]
