@@ -369,6 +369,8 @@ class HttpProtocol(asyncio.Protocol):
             raise _Reject(505, "HTTP Version Not Supported")
         if self._chunked and version == "1.0":
             raise _Reject(400, "Transfer-Encoding on HTTP/1.0")
+        if not self._host_seen and version == "1.1":
+            raise _Reject(400, "Missing Host header")  # RFC 9112 3.2: a server MUST refuse
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         url = self._url
