@@ -82,7 +82,8 @@ class HttpProtocol(asyncio.Protocol):
         loop = state.loop
         assert loop is not None, "EngineState.loop is set by HttpServer.start()"
         self.loop = loop
-        self.parser = httptools.HttpRequestParser(self)
+        # Holds our bound methods: dropped on close (see _release), so no cycle outlives us.
+        self.parser: Any = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
@@ -174,7 +175,18 @@ class HttpProtocol(asyncio.Protocol):
         if self.parsing is not None and self.parsing is not self.exchange:
             self.parsing.disconnected()
         self.pipeline.clear()
+        self._release()
         state.check_idle()
+
+    def _release(self) -> None:
+        """Closed: drop what refers back to us, so reference counting alone frees us.
+
+        The parser holds our bound methods (a cycle); nothing is parsed after a close.
+        """
+        self.parser = None
+        self.parsing = None  # the exchange whose body was being read: it refers to us
+        self._feed = b""
+        self._line_tail = None
 
     def data_received(self, data: bytes) -> None:
         if self._dead:
@@ -188,14 +200,9 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data[exc.args[0] :])
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if self._dead:
-                return  # a response inside this feed closed the connection (_Stop)
-            if isinstance(cause, _Reject):
-                self._on_bad_input(cause.status, cause.reason)
-            else:
-                error_log.error("HTTP parser callback failed", exc_info=cause)
-                self._on_bad_input(500, "Internal Server Error")
+            # A helper, so no local outlives the except clause: the cause's traceback
+            # holds the callback's frame (and so us) in a cycle through this frame.
+            self._callback_failed(exc.__context__)
         except httptools.HttpParserError as exc:
             if self._dead:
                 return  # e.g. llhttp refusing data after a "Connection: close" request we answered
@@ -210,6 +217,16 @@ class HttpProtocol(asyncio.Protocol):
                     self._keep_line_tail(data)
             elif self._chunked and self.parsing is not None:
                 self._check_framing(len(data))
+
+    def _callback_failed(self, cause: BaseException | None) -> None:
+        """A parser callback raised ``cause``: a ``_Reject`` answers its status, else 500."""
+        if self._dead:
+            return  # a response inside this feed closed the connection (_Stop)
+        if isinstance(cause, _Reject):
+            self._on_bad_input(cause.status, cause.reason)
+        else:
+            error_log.error("HTTP parser callback failed", exc_info=cause)
+            self._on_bad_input(500, "Internal Server Error")
 
     def _keep_line_tail(self, data: bytes) -> None:
         """A head goes on in the next feed: keep where its request line may be."""
@@ -688,6 +705,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.abort()
             return
         transport.set_protocol(protocol)
+        self._release()
 
     def _claim_expired(self) -> None:
         """The first request did not come within the claim: a slow client, maybe many."""

@@ -505,6 +505,12 @@ class WsgiCall:
                 except Exception:
                     log.exception("error closing the wsgi.file_wrapper file")
 
+    def release(self) -> None:
+        """The call is answered: drop the errors kept, whose tracebacks hold frames that
+        refer back to this call and its stream (a cycle only a GC pass would free)."""
+        self.app_error = self.loop_error = None
+        self.stream.forget_error()
+
     def _add_length(self, headers: Headers) -> None:
         """The whole body is here and its length unknown to the client: declare it."""
         status = self.status
