@@ -49,6 +49,9 @@ class HttpConfig:
     # Request parser: "httptools", "h11" (the fallback), or "auto" (see parser_choice).
     parser: str = "auto"
 
+    # WebSockets: the largest message, its fragments together (uvicorn's default).
+    ws_max_size: int = 16 * 1024 * 1024
+
     # Flow control: request body buffered per exchange before we stop reading.
     body_high_water: int = 256 * 1024
     # Pipelined requests parsed ahead of the one being answered before we stop reading.
