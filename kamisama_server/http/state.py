@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Protocol
 from .config import HttpConfig
 from .exchange import AppHandler, ServeNow
 from .proxy import TrustedProxies
+from .ratelimit import limit_repeats
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
 
 error_log = logging.getLogger("kamisama.http")
 access_log = logging.getLogger("kamisama.access")
+# 408s, stalls, accept errors repeat under attack: one line per cause, then a count.
+limit_repeats(error_log)
 
 
 class WebSocketSupport(Protocol):

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from kamisama_server.http.exchange import ClientDisconnected, Exchange, Headers, RequestBodyError
+from kamisama_server.http.ratelimit import limit_repeats
 from kamisama_server.http.state import STATUS_LINES
 from kamisama_server.http.wsgi_environ import Environ
 from kamisama_server.http.wsgi_file import FileWrapper
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from kamisama_server.http.wsgi import WSGIAdapter
 
 log = logging.getLogger("kamisama_server.wsgi")
+limit_repeats(log)  # a traceback per dropped upload, per repeated app error: then a count
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 WriteCallable = Callable[[bytes], None]
