@@ -22,6 +22,9 @@ class HttpConfig:
     limit_request_fields: int = 100  # -> 431
     limit_request_field_size: int = 8190  # -> 431
     limit_request_body: int | None = None  # bytes; None = unlimited -> 413
+    # Bytes of incomplete request heads one worker holds, all connections together;
+    # over it the oldest are dropped (408). 0 = unlimited.
+    limit_incomplete_heads: int = 64 * 1024 * 1024
 
     # Timers, in seconds.
     keep_alive: float = 5.0  # idle keep-alive connection is closed after this
@@ -58,7 +61,12 @@ class HttpConfig:
     pipeline_depth: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("limit_request_line", "limit_request_fields", "limit_request_field_size"):
+        for name in (
+            "limit_request_line",
+            "limit_request_fields",
+            "limit_request_field_size",
+            "limit_incomplete_heads",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.limit_request_body is not None and self.limit_request_body < 0:

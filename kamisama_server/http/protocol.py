@@ -105,6 +105,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = True
         self._mid_head = False
         self._head_bytes = 0
+        self._held = 0  # of them, counted in EngineState.head_bytes (see _hold)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._content_length: int | None = None
@@ -183,6 +184,7 @@ class HttpProtocol(asyncio.Protocol):
 
         The parser holds our bound methods (a cycle); nothing is parsed after a close.
         """
+        self._unhold()
         self.parser = None
         self.parsing = None  # the exchange whose body was being read: it refers to us
         self._feed = b""
@@ -193,6 +195,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
+            self._hold(len(data))
+            if self._dead:
+                return  # over the worker's cap, this head was the oldest: dropped
         self._moved = False
         self._feed, self._feed_pos = data, 0
         try:
@@ -227,6 +232,43 @@ class HttpProtocol(asyncio.Protocol):
         else:
             error_log.error("HTTP parser callback failed", exc_info=cause)
             self._on_bad_input(500, "Internal Server Error")
+
+    def _hold(self, size: int) -> None:
+        """``size`` more bytes of an incomplete head are held: count them worker-wide.
+
+        Over ``limit_incomplete_heads`` the oldest incomplete heads are dropped
+        (408) until the total is under it again: many slow, large heads cannot
+        make the worker hold more than that, whatever each one's own limit.
+        """
+        state = self.state
+        if not self._held:
+            state.heads[self] = None  # insertion order: the oldest first
+        self._held += size
+        state.head_bytes += size
+        limit = self.config.limit_incomplete_heads
+        if limit and state.head_bytes > limit:
+            for protocol in list(state.heads):
+                if state.head_bytes <= limit:
+                    break
+                protocol._drop_head()
+
+    def _unhold(self) -> None:
+        """The head completed or the connection closes: its bytes no longer count."""
+        if self._held:
+            self.state.head_bytes -= self._held
+            self._held = 0
+            self.state.heads.pop(self, None)
+
+    def _drop_head(self) -> None:
+        """The worker holds too many incomplete heads and this one is the oldest: 408."""
+        self._unhold()
+        if self.closed or self._dead:
+            return
+        self._dead = True
+        if self.exchange is None:
+            self._send_error(408, "Request Timeout")
+        else:
+            self._pending_error = (408, "Request Timeout")
 
     def _keep_line_tail(self, data: bytes) -> None:
         """A head goes on in the next feed: keep where its request line may be."""
@@ -377,6 +419,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self._mid_head = False
         self._head_bytes = 0
+        self._unhold()
         parser = self.parser
         config = self.config
         version = parser.get_http_version()
@@ -855,6 +898,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.timer = _NO_TIMER
         self._dead = True  # nothing after this is parsed (see on_message_begin)
+        self._unhold()
+        # A head's fields parsed so far go now, not after the linger (RequestHeads keep theirs).
+        self._headers = []
+        self._line_tail = None
         if linger and transport.can_write_eof():
             if self.reading_paused:
                 self.reading_paused = False

@@ -77,6 +77,10 @@ class EngineState:
         # Set by the server: called when connections or requests in flight change.
         self.load_changed: Callable[[], None] | None = None
         self.total_requests = 0
+        # Bytes of incomplete request heads held, and by whom, oldest first (see
+        # HttpProtocol._hold): bounded by config.limit_incomplete_heads.
+        self.head_bytes = 0
+        self.heads: dict[HttpProtocol, None] = {}
         self.draining = False
         self.proxies = TrustedProxies(config.forwarded_allow_ips) if config.proxy_headers else None
         self.server_line = (
