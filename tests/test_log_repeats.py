@@ -35,6 +35,16 @@ def slow_heads(port: int, count: int) -> list[socket.socket]:
     return socks
 
 
+def all_answered_408(port: int, count: int) -> bool:
+    """``count`` slow heads at once: each is answered 408 and closed."""
+    socks = slow_heads(port, count)
+    try:
+        return all(answered_and_closed(sock) for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def answered_and_closed(sock: socket.socket) -> bool:
     """Read the 408 and the close (bounded by the socket's timeout)."""
     data = b""
@@ -64,12 +74,7 @@ def test_fifty_408s_log_one_line_then_a_count(
 ) -> None:
     caplog.set_level(logging.INFO, logger="kamisama.http")
     with BackgroundServer(engine_app, HttpConfig(header_timeout=0.3)) as srv:
-        socks = slow_heads(srv.port, 50)
-        try:
-            assert all(answered_and_closed(sock) for sock in socks)
-        finally:
-            for sock in socks:
-                sock.close()
+        assert all_answered_408(srv.port, 50)
         logged = [r for r in caplog.records if "answered 408" in r.getMessage()]
         first = [r.getMessage() for r in logged]
         # After the window (from the line logged), the next 408 carries the count.
@@ -95,12 +100,7 @@ def test_the_server_logs_one_408_line_for_fifty_slow_heads(serve: StartServer) -
         modules={"app": "def app(environ, start_response):\n    return []\n"},
     )
     server.wait_listening()
-    socks = slow_heads(server.port, 50)
-    try:
-        assert all(answered_and_closed(sock) for sock in socks)
-    finally:
-        for sock in socks:
-            sock.close()
+    assert all_answered_408(server.port, 50)
     server.wait_for_log("answered 408")
     count = server.err.count("answered 408")
     print(f"\n50 slow heads: {count} line(s) about a 408 on stderr")
