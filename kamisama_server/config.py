@@ -80,6 +80,7 @@ class ServeConfig:
     limit_request_fields: int = 100
     limit_request_field_size: int = 8190
     limit_request_body: int | None = None
+    ws_max_size: int = 16 * 1024 * 1024
     run_hook: str | None = None
     shutdown_hook: str | None = None
     max_requests: int = 0
@@ -362,6 +363,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("limit_request_body", ("--limit-request-body",),
            "Largest request body in bytes, else 413; 0 = unlimited.",
            "unlimited", _int(0), metavar="BYTES"),
+    Option("ws_max_size", ("--ws-max-size",),
+           "Largest WebSocket message in bytes, its fragments together; a bigger one "
+           "closes the connection (1009).",
+           "16777216", _int(1), metavar="BYTES"),
     Option("run_hook", ("--run",),
            "`module:func` called with the worker id in each worker before it serves.",
            "none", _module_attr, metavar="MODULE:FUNC", env="KAMISAMA_RUN"),

@@ -105,6 +105,7 @@ def http_config(config: ServeConfig) -> HttpConfig:
         keep_alive=config.keep_alive,
         header_timeout=config.header_timeout,
         stall_timeout=config.stall_timeout,
+        ws_max_size=config.ws_max_size,
         parser=config.http_parser,
         limit_concurrency=config.limit_concurrency,
         backlog=config.backlog,

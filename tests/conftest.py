@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from processes import Script
+
+from kamisama_server.http.ratelimit import RepeatFilter
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_repeats() -> None:
+    """Each test sees its first log line of a cause: the rate limit's memory is per process."""
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        for each in getattr(logger, "filters", ()):
+            if isinstance(each, RepeatFilter):
+                each.forget()
 
 
 @pytest.fixture

@@ -159,7 +159,10 @@ def test_app_errors_give_500(
 
 def test_http_disconnect_after_response(server: BackgroundServer) -> None:
     with connect(server.port) as sock:
-        sock.sendall(b"GET /disconnect-after-response HTTP/1.1\r\n\r\nGET /echo HTTP/1.1\r\n\r\n")
+        sock.sendall(
+            b"GET /disconnect-after-response HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
         reader = Reader(sock)
         assert reader.response().status == 204
         assert reader.response().status == 200
@@ -196,7 +199,7 @@ def test_http_disconnect_reaches_app_when_client_leaves() -> None:
 
     with serve(app, lifespan="off") as srv:
         sock = connect(srv.port)
-        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         assert srv.server is not None
         deadline_ok = False
         for _ in range(500):

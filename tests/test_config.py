@@ -408,8 +408,8 @@ def _documented(value: Any) -> set[str]:
         return {"none", "unlimited"}
     if value == "":
         return {"empty"}
-    if isinstance(value, float | int):
-        return {f"{value:g}", f"`{value:g}`"}
+    if isinstance(value, float | int):  # a large int as it is (16777216), not 1.67772e+07
+        return {f"{value:g}", f"`{value:g}`", str(value), f"`{value}`"}
     return {str(value), f"`{value}`"}
 
 

@@ -154,6 +154,12 @@ STREAMS = {
     "bare_lf_after_request_line": b"GET / HTTP/1.1\nHost: t\r\n\r\n",
     "bare_lf_after_field": b"GET / HTTP/1.1\r\nHost: t\nX-A: 1\r\n\r\n",
     "bare_lf_ends_head": b"GET / HTTP/1.1\r\nHost: t\r\n\n",
+    "bare_lf_after_trailer": b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"2\r\nab\r\n0\r\nX-A: 1\nX-B: 2\r\n\r\n",
+    "bare_lf_ends_trailers": b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"2\r\nab\r\n0\r\nX-A: 1\r\n\n",
+    "bare_lf_ends_empty_trailers": b"POST / HTTP/1.1\r\nHost: t\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\n",
     # h11 is given 8 KB at a time: requests, heads and bodies across those boundaries.
     "many_across_slices": b"".join(
         b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % i
@@ -191,6 +197,14 @@ ENGINE_VERDICTS = {
         400,
     ),
     "bare_lf_head": (b"GET /ok HTTP/1.1\nHost: t\n\n", 400),
+    "bare_lf_trailer": (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nab\r\n0\r\nX-A: 1\n\r\n",
+        400,
+    ),
+    "no_host_on_1_1": (b"GET /ok HTTP/1.1\r\nX-A: 1\r\n\r\n", 400),
+    "no_host_pipelined": (b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\nGET /ok HTTP/1.1\r\n\r\n", 400),
+    "no_host_on_1_0": (b"GET /ok HTTP/1.0\r\n\r\n", 200),
     "megabyte_chunk_extension": (
         b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"2;ext=" + b"e" * 1_000_000 + b"\r\nab\r\n0\r\n\r\n",
@@ -213,7 +227,7 @@ def test_the_engine_gives_one_verdict_on_either_parser(parser: str, name: str) -
             sock.sendall(raw)
         reader = Reader(sock)
         responses = [reader.response()]
-        if name == "double_space_pipelined":
+        if name in ("double_space_pipelined", "no_host_pipelined"):
             responses.append(reader.response())
         assert responses[-1].status == status
         if name == "absolute_form_names_the_host":
@@ -361,7 +375,8 @@ def test_fallback_when_httptools_cannot_be_imported(tmp_path: Path) -> None:
             sock.sendall(
                 b"POST http://example.com/echo?q=1 HTTP/1.1\\r\\nHost: example.com\\r\\n"
                 b"Transfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n"
-                b"GET /ok HTTP/1.1\\r\\nX: y\\r\\n\\r\\nGET / HTTP/1.1\\r\\nBroken\\r\\n\\r\\n"
+                b"GET /ok HTTP/1.1\\r\\nHost: t\\r\\nX: y\\r\\n\\r\\n"
+                b"GET / HTTP/1.1\\r\\nBroken\\r\\n\\r\\n"
             )
             reader = Reader(sock)
             for _ in range(3):

@@ -35,7 +35,7 @@ BAD_HEADS = {
     "http09_line": (b"GET /\r\n\r\n", 400),
     "http09_version": (b"GET / HTTP/0.9\r\n\r\n", 400),
     "malformed_line": (b"GET  / HTTP/1.1 extra\r\n\r\n", 400),
-    "lowercase_method": (b"get / HTTP/1.1\r\n\r\n", 400),
+    "lowercase_method": (b"get / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
     "bad_version_syntax": (b"GET / HTTP/A.B\r\n\r\n", 400),
     "version_1_2": (b"GET / HTTP/1.2\r\n\r\n", 505),
     "version_2_0": (b"GET / HTTP/2.0\r\n\r\n", 505),
@@ -50,23 +50,28 @@ BAD_HEADS = {
     "too_many_headers": (_get(b"".join(b"X-%d: v\r\n" % i for i in range(500))), 431),
     "header_too_large": (_get(b"X-Big: " + b"v" * 100_000 + b"\r\n"), 431),
     "cl_and_te": (
-        b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         400,
     ),
     "duplicate_cl": (
-        b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
         400,
     ),
     "conflicting_cl": (
-        b"POST /echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
         400,
     ),
-    "cl_list": (b"POST /echo HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc", 400),
-    "cl_negative": (b"POST /echo HTTP/1.1\r\nContent-Length: -3\r\n\r\nabc", 400),
-    "cl_not_a_number": (b"POST /echo HTTP/1.1\r\nContent-Length: abc\r\n\r\nabc", 400),
-    "te_not_chunked": (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400),
+    "cl_list": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 3\r\n\r\nabc", 400),
+    "cl_negative": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: -3\r\n\r\nabc", 400),
+    "cl_not_a_number": (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\nabc", 400),
+    "te_not_chunked": (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        400,
+    ),
     "te_twice": (
-        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: t\r\n"
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"0\r\n\r\n",
         400,
     ),
@@ -74,19 +79,24 @@ BAD_HEADS = {
         b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         400,
     ),
-    "bad_chunk_size": (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n", 400),
+    "bad_chunk_size": (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
+        400,
+    ),
     "negative_chunk_size": (
-        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n",
         400,
     ),
     "chunk_size_overflow": (
-        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 20 + b"\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"f" * 20
+        + b"\r\n\r\n",
         400,
     ),
     "duplicate_host": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: evil\r\n\r\n", 400),
     "asterisk_target_not_options": (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     "forbidden_trailer": (
-        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"1\r\na\r\n0\r\nHost: evil\r\n\r\n",
         400,
     ),
@@ -101,9 +111,12 @@ BAD_HEADS = {
         b"X-Big: " + b"v" * 9000 + b"\r\n\r\n",
         431,
     ),
-    "content_length_over_limit": (b"POST /echo HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", 413),
+    "content_length_over_limit": (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n",
+        413,
+    ),
     "chunked_body_over_limit": (
-        b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b"".join(b"64\r\n" + b"x" * 100 + b"\r\n" for _ in range(11))
         + b"0\r\n\r\n",
         413,
@@ -124,7 +137,7 @@ def test_bad_input_gets_clear_answer_and_close(server: BackgroundServer, case: s
 
 def test_bad_request_after_good_one_on_same_connection(server: BackgroundServer) -> None:
     with connect(server.port) as sock:
-        sock.sendall(_get() + b"GET / HTTP/1.1\r\nBroken\r\n\r\n")
+        sock.sendall(_get() + b"GET / HTTP/1.1\r\nHost: t\r\nBroken\r\n\r\n")
         reader = Reader(sock)
         assert reader.response().status == 200
         assert reader.response().status == 400
@@ -161,7 +174,9 @@ def test_app_error_after_head_closes_connection(server: BackgroundServer) -> Non
 
 def test_body_error_while_app_reads_gives_400(server: BackgroundServer) -> None:
     with connect(server.port) as sock:
-        sock.sendall(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+        )
         sock.sendall(b"xyz\r\n")
         reader = Reader(sock)
         assert reader.response().status == 400

@@ -48,8 +48,9 @@ def test_pipelined_requests_are_answered_in_order(server: BackgroundServer) -> N
     raw = b"".join(
         [
             b"GET /sleep?0.2 HTTP/1.1\r\nHost: t\r\n\r\n",
-            b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nab\r\n0\r\n\r\n",
             b"GET /last HTTP/1.1\r\nHost: t\r\n\r\n",
         ]
     )
@@ -113,7 +114,9 @@ def test_head_has_no_body_but_keeps_length(server: BackgroundServer) -> None:
 def test_expect_100_continue_sent_only_when_app_reads(server: BackgroundServer) -> None:
     with connect(server.port) as sock:
         reader = Reader(sock)
-        sock.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+        )
         interim = reader.response()
         assert interim.status == 100
         sock.sendall(b"data")
@@ -121,7 +124,9 @@ def test_expect_100_continue_sent_only_when_app_reads(server: BackgroundServer) 
     # An app that answers without reading: no 100, the client keeps its body.
     with connect(server.port) as sock:
         reader = Reader(sock)
-        sock.sendall(b"POST /noread HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        sock.sendall(
+            b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+        )
         resp = reader.response()
         assert resp.status == 403 and resp.header("connection") == "close"
 
@@ -130,7 +135,8 @@ def test_unread_small_body_is_discarded_and_connection_kept(server: BackgroundSe
     with connect(server.port) as sock:
         reader = Reader(sock)
         sock.sendall(
-            b"POST /noread HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /z HTTP/1.1\r\n\r\n"
+            b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /z HTTP/1.1\r\nHost: t\r\n\r\n"
         )
         assert reader.response().status == 403
         assert reader.response().body == b"ok /z"
@@ -139,7 +145,7 @@ def test_unread_small_body_is_discarded_and_connection_kept(server: BackgroundSe
 def test_idle_keep_alive_connection_is_closed_after_keep_alive_seconds() -> None:
     with BackgroundServer(engine_app, HttpConfig(keep_alive=0.3)) as srv, connect(srv.port) as sock:
         reader = Reader(sock)
-        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         assert reader.response().status == 200
         started = time.monotonic()
         assert reader.closed(timeout=5)
@@ -179,10 +185,10 @@ def test_over_limit_concurrency_gets_503() -> None:
     with BackgroundServer(app, HttpConfig(limit_concurrency=1)) as srv:
         holder = connect(srv.port)
         try:
-            holder.sendall(b"GET /hold HTTP/1.1\r\n\r\n")
+            holder.sendall(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
             assert srv.server is not None
             wait_for(lambda: srv.server.inflight == 1)  # type: ignore[union-attr]
-            resp, closed = request(srv.port, b"GET / HTTP/1.1\r\n\r\n")
+            resp, closed = request(srv.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
             assert resp.status == 503 and closed
             release.set()
             assert Reader(holder).response().status == 200
@@ -213,7 +219,7 @@ def test_upload_is_streamed_with_backpressure() -> None:
     size = 32 * 1024 * 1024
     with BackgroundServer(app, HttpConfig(body_high_water=high_water)) as srv:
         with connect(srv.port, timeout=30) as sock:
-            sock.sendall(b"POST /up HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % size)
+            sock.sendall(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
             block = b"x" * 1024 * 1024
             for _ in range(32):
                 sock.sendall(block)
@@ -228,17 +234,17 @@ def test_drain_finishes_in_flight_closes_idle_and_serves_queued() -> None:
     try:
         idle = connect(srv.port)
         idle_reader = Reader(idle)
-        idle.sendall(b"GET /idle HTTP/1.1\r\n\r\n")
+        idle.sendall(b"GET /idle HTTP/1.1\r\nHost: t\r\n\r\n")
         assert idle_reader.response().status == 200
         busy = connect(srv.port)
-        busy.sendall(b"GET /sleep?0.5 HTTP/1.1\r\n\r\n")
+        busy.sendall(b"GET /sleep?0.5 HTTP/1.1\r\nHost: t\r\n\r\n")
         assert srv.server is not None
         wait_for(lambda: srv.server.inflight == 1)  # type: ignore[union-attr]
         # Block the loop so new connections stay queued in the kernel, then drain.
         srv.loop.call_soon_threadsafe(time.sleep, 0.5)
         queued = [connect(srv.port) for _ in range(5)]
         for sock in queued:
-            sock.sendall(b"GET /queued HTTP/1.1\r\n\r\n")
+            sock.sendall(b"GET /queued HTTP/1.1\r\nHost: t\r\n\r\n")
         drained = threading.Thread(target=srv.drain)
         drained.start()
         busy_resp = Reader(busy).response()
@@ -252,7 +258,7 @@ def test_drain_finishes_in_flight_closes_idle_and_serves_queued() -> None:
         assert srv.server.connection_count == 0
         # Stopped accepting: a new connection is not served by this server any more.
         late = socket.create_connection(("127.0.0.1", srv.port), timeout=1)
-        late.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        late.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         with pytest.raises(TimeoutError):
             late.recv(10)
         late.close()
@@ -283,12 +289,13 @@ def test_engine_runs_on_uvloop(tmp_path: object) -> None:
     with BackgroundServer(app, loop=uvloop.new_event_loop()) as srv:
         with connect(srv.port) as sock:
             sock.sendall(
-                b"GET /a HTTP/1.1\r\n\r\nPOST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
+                b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
             )
             reader = Reader(sock)
             assert reader.response().body == b"ok /a"
             assert reader.response().body == b"hi"
-            sock.sendall(b"GET /file HTTP/1.1\r\n\r\n")
+            sock.sendall(b"GET /file HTTP/1.1\r\nHost: t\r\n\r\n")
             assert reader.response().body == (b"0123456789" * 50_000)[10:400_010]
-        resp, closed = request(srv.port, b"GET / HTTP/1.1\r\nX: a\x00\r\n\r\n")
+        resp, closed = request(srv.port, b"GET / HTTP/1.1\r\nHost: t\r\nX: a\x00\r\n\r\n")
         assert resp.status == 400 and closed

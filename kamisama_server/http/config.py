@@ -23,6 +23,9 @@ class HttpConfig:
     limit_request_fields: int = 100  # -> 431
     limit_request_field_size: int = 8190  # -> 431
     limit_request_body: int | None = None  # bytes; None = unlimited -> 413
+    # Bytes of incomplete request heads one worker holds, all connections together;
+    # over it the oldest are dropped (408). 0 = unlimited.
+    limit_incomplete_heads: int = 64 * 1024 * 1024
 
     # Timers, in seconds.
     keep_alive: float = 5.0  # idle keep-alive connection is closed after this
@@ -51,13 +54,21 @@ class HttpConfig:
     # Request parser: "httptools", "h11" (the fallback), or "auto" (see parser_choice).
     parser: str = "auto"
 
+    # WebSockets: the largest message, its fragments together (uvicorn's default).
+    ws_max_size: int = 16 * 1024 * 1024
+
     # Flow control: request body buffered per exchange before we stop reading.
     body_high_water: int = 256 * 1024
     # Pipelined requests parsed ahead of the one being answered before we stop reading.
     pipeline_depth: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("limit_request_line", "limit_request_fields", "limit_request_field_size"):
+        for name in (
+            "limit_request_line",
+            "limit_request_fields",
+            "limit_request_field_size",
+            "limit_incomplete_heads",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.limit_request_body is not None and self.limit_request_body < 0:

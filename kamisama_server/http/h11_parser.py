@@ -18,10 +18,11 @@ verdict, because the engine's rules (issue 3) and its tests are written against
 it. The parsing stays h11's; these are checks on what it parsed:
 
 - blank lines before a request are skipped (RFC 9112 2.2; h11 refuses them);
-- an HTTP/1.1 request without ``Host`` is served (h11 refuses it, RFC 9112 3.2
-  says a server MUST): it is parsed again with an empty ``Host`` that the
-  callbacks never see;
-- refused although h11 accepts them: a line ending in a bare LF in the head,
+- an HTTP/1.1 request without ``Host`` is parsed as llhttp does (h11 refuses
+  it): again, with an empty ``Host`` that the callbacks never see; the engine
+  then refuses it itself (400, RFC 9112 3.2), on either parser;
+- refused although h11 accepts them: a line ending in a bare LF in the head
+  or in the trailers,
   obsolete line folding (h11 unfolds),
   ``Content-Length`` sent twice or as a list (h11 merges equal ones),
   ``Content-Length`` together with ``Transfer-Encoding`` (h11 ignores the
@@ -35,7 +36,7 @@ it. The parsing stays h11's; these are checks on what it parsed:
 
 Differences that remain (h11's verdict stands; h11 consumes chunk lines itself):
 a chunk size followed by whitespace, and any byte after ``;`` in a chunk line
-(a bare CR too) are accepted; a bare LF in a trailer line is accepted;
+(a bare CR too) are accepted;
 ``Transfer-Encoding`` with a coding before ``chunked`` (``gzip, chunked``) and
 extra spaces in the request line are refused, which llhttp passes (the engine
 refuses both itself, so the server's answer is the same). The request line is
@@ -50,6 +51,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import h11
+from h11._receivebuffer import ReceiveBuffer
 
 try:  # The engine catches httptools' classes; raise the very same ones when it is there.
     from httptools import (
@@ -133,6 +135,34 @@ def parse_url(url: bytes) -> _UrlParts:
     if match is not None:
         host, port = match[1], int(match[2])
     return _UrlParts(parts.path, parts.query, host, port)
+
+
+class _LineEndBuffer(ReceiveBuffer):
+    """h11's receive buffer, noting whether the lines it last took all ended in CRLF.
+
+    h11 splits a head or trailer section on LF and drops the CRs, so the raw
+    bytes are gone by the time the trailers are reported: what the lines and
+    the bytes taken say is kept instead. (A private class of h11: if it moves,
+    the import fails loudly.)
+    """
+
+    bare_lf = False
+
+    def maybe_extract_lines(self) -> list[bytearray] | None:
+        before = len(self)
+        lines = super().maybe_extract_lines()
+        if lines is not None:
+            # Each line and the blank one after them lost exactly "\r\n" if it had one.
+            taken = before - len(self)
+            self.bare_lf = taken != sum(map(len, lines)) + 2 * (len(lines) + 1)
+        return lines
+
+
+def _connection(max_buffer: int) -> h11.Connection:
+    """A fresh server-side h11 connection whose buffer notes bare LFs (see _LineEndBuffer)."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_buffer)
+    conn._receive_buffer = _LineEndBuffer()
+    return conn
 
 
 class H11RequestParser:
@@ -270,7 +300,7 @@ class H11RequestParser:
                 return False
         if not self._keep_alive:
             self._fail("Data after `Connection: close`")  # as llhttp: the last one closed
-        conn = self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_buffer)
+        conn = self._conn = _connection(self._max_buffer)
         self._head = bytearray(carry)
         self._head_done = False
         self._host_added = False
@@ -293,10 +323,10 @@ class H11RequestParser:
             self._fail("Invalid method encountered", HttpParserInvalidMethodError)
 
     def _reparse_with_host(self) -> None:
-        """HTTP/1.1 without Host: llhttp serves it, so parse it with one the engine won't see."""
+        """HTTP/1.1 without Host: llhttp parses it, so parse it with one the engine won't see."""
         head = self._head
         line_end = head.index(b"\n") + 1
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_buffer)
+        self._conn = _connection(self._max_buffer)
         self._conn.receive_data(bytes(head[:line_end]) + _PLACEHOLDER_HOST + head[line_end:])
         self._host_added = True
 
@@ -389,6 +419,9 @@ class H11RequestParser:
 
     def _on_end(self, event: h11.EndOfMessage, conn: h11.Connection) -> None:
         cb = self._cb
+        buffer = conn._receive_buffer
+        if self._chunked and isinstance(buffer, _LineEndBuffer) and buffer.bare_lf:
+            self._fail("Missing expected CR after header value")  # llhttp's words
         # The last, empty chunk has no Data event; llhttp reports it around the trailers.
         if self._chunked and self._on_chunk_header is not None and not self._last_chunk_told:
             self._call(self._on_chunk_header)

@@ -82,7 +82,8 @@ class HttpProtocol(asyncio.Protocol):
         loop = state.loop
         assert loop is not None, "EngineState.loop is set by HttpServer.start()"
         self.loop = loop
-        self.parser = httptools.HttpRequestParser(self)
+        # Holds our bound methods: dropped on close (see _release), so no cycle outlives us.
+        self.parser: Any = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int] | None = None
@@ -104,6 +105,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = True
         self._mid_head = False
         self._head_bytes = 0
+        self._held = 0  # of them, counted in EngineState.head_bytes (see _hold)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._content_length: int | None = None
@@ -174,13 +176,28 @@ class HttpProtocol(asyncio.Protocol):
         if self.parsing is not None and self.parsing is not self.exchange:
             self.parsing.disconnected()
         self.pipeline.clear()
+        self._release()
         state.check_idle()
+
+    def _release(self) -> None:
+        """Closed: drop what refers back to us, so reference counting alone frees us.
+
+        The parser holds our bound methods (a cycle); nothing is parsed after a close.
+        """
+        self._unhold()
+        self.parser = None
+        self.parsing = None  # the exchange whose body was being read: it refers to us
+        self._feed = b""
+        self._line_tail = None
 
     def data_received(self, data: bytes) -> None:
         if self._dead:
             return
         if self._in_head:
             self._head_bytes += len(data)
+            self._hold(len(data))
+            if self._dead:
+                return  # over the worker's cap, this head was the oldest: dropped
         self._moved = False
         self._feed, self._feed_pos = data, 0
         try:
@@ -188,14 +205,9 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data[exc.args[0] :])
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if self._dead:
-                return  # a response inside this feed closed the connection (_Stop)
-            if isinstance(cause, _Reject):
-                self._on_bad_input(cause.status, cause.reason)
-            else:
-                error_log.error("HTTP parser callback failed", exc_info=cause)
-                self._on_bad_input(500, "Internal Server Error")
+            # A helper, so no local outlives the except clause: the cause's traceback
+            # holds the callback's frame (and so us) in a cycle through this frame.
+            self._callback_failed(exc.__context__)
         except httptools.HttpParserError as exc:
             if self._dead:
                 return  # e.g. llhttp refusing data after a "Connection: close" request we answered
@@ -210,6 +222,53 @@ class HttpProtocol(asyncio.Protocol):
                     self._keep_line_tail(data)
             elif self._chunked and self.parsing is not None:
                 self._check_framing(len(data))
+
+    def _callback_failed(self, cause: BaseException | None) -> None:
+        """A parser callback raised ``cause``: a ``_Reject`` answers its status, else 500."""
+        if self._dead:
+            return  # a response inside this feed closed the connection (_Stop)
+        if isinstance(cause, _Reject):
+            self._on_bad_input(cause.status, cause.reason)
+        else:
+            error_log.error("HTTP parser callback failed", exc_info=cause)
+            self._on_bad_input(500, "Internal Server Error")
+
+    def _hold(self, size: int) -> None:
+        """``size`` more bytes of an incomplete head are held: count them worker-wide.
+
+        Over ``limit_incomplete_heads`` the oldest incomplete heads are dropped
+        (408) until the total is under it again: many slow, large heads cannot
+        make the worker hold more than that, whatever each one's own limit.
+        """
+        state = self.state
+        if not self._held:
+            state.heads[self] = None  # insertion order: the oldest first
+        self._held += size
+        state.head_bytes += size
+        limit = self.config.limit_incomplete_heads
+        if limit and state.head_bytes > limit:
+            for protocol in list(state.heads):
+                if state.head_bytes <= limit:
+                    break
+                protocol._drop_head()
+
+    def _unhold(self) -> None:
+        """The head completed or the connection closes: its bytes no longer count."""
+        if self._held:
+            self.state.head_bytes -= self._held
+            self._held = 0
+            self.state.heads.pop(self, None)
+
+    def _drop_head(self) -> None:
+        """The worker holds too many incomplete heads and this one is the oldest: 408."""
+        self._unhold()
+        if self.closed or self._dead:
+            return
+        self._dead = True
+        if self.exchange is None:
+            self._send_error(408, "Request Timeout")
+        else:
+            self._pending_error = (408, "Request Timeout")
 
     def _keep_line_tail(self, data: bytes) -> None:
         """A head goes on in the next feed: keep where its request line may be."""
@@ -360,6 +419,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self._mid_head = False
         self._head_bytes = 0
+        self._unhold()
         parser = self.parser
         config = self.config
         version = parser.get_http_version()
@@ -369,6 +429,8 @@ class HttpProtocol(asyncio.Protocol):
             raise _Reject(505, "HTTP Version Not Supported")
         if self._chunked and version == "1.0":
             raise _Reject(400, "Transfer-Encoding on HTTP/1.0")
+        if not self._host_seen and version == "1.1":
+            raise _Reject(400, "Missing Host header")  # RFC 9112 3.2: a server MUST refuse
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         url = self._url
@@ -682,6 +744,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.abort()
             return
         transport.set_protocol(protocol)
+        self._release()
 
     def _claim_expired(self) -> None:
         """The first request did not come within the claim: a slow client, maybe many."""
@@ -839,6 +902,10 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.timer = _NO_TIMER
         self._dead = True  # nothing after this is parsed (see on_message_begin)
+        self._unhold()
+        # A head's fields parsed so far go now, not after the linger (RequestHeads keep theirs).
+        self._headers = []
+        self._line_tail = None
         if linger and transport.can_write_eof():
             if self.reading_paused:
                 self.reading_paused = False

@@ -18,11 +18,14 @@ from .access import AccessLog
 from .config import HttpConfig
 from .exchange import AppHandler, ServeNow
 from .proxy import TrustedProxies
+from .ratelimit import limit_repeats
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
 
 error_log = logging.getLogger("kamisama.http")
+# 408s, stalls, accept errors repeat under attack: one line per cause, then a count.
+limit_repeats(error_log)
 
 
 class WebSocketSupport(Protocol):
@@ -77,6 +80,10 @@ class EngineState:
         self.access = AccessLog(config.access_log_format) if config.access_log else None
         self.request_limit = 0  # on_request_limit() once total_requests reaches it
         self.on_request_limit: Callable[[], None] | None = None
+        # Bytes of incomplete request heads held, and by whom, oldest first (see
+        # HttpProtocol._hold): bounded by config.limit_incomplete_heads.
+        self.head_bytes = 0
+        self.heads: dict[HttpProtocol, None] = {}
         self.draining = False
         self.idle_grace: float | None = None  # the drain's, for idle keep-alive connections
         self.proxies = TrustedProxies(config.forwarded_allow_ips) if config.proxy_headers else None

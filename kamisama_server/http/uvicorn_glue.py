@@ -27,6 +27,7 @@ def uvicorn_config(
         proxy_headers=False,
         server_header=False,
         date_header=False,
+        ws_max_size=config.ws_max_size,
     )
     result.loaded_app = app
     result.loaded = True

@@ -129,6 +129,7 @@ class WSGIAdapter:
             await call.pump()
         finally:
             self.running.discard(call)
+            call.release()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the app threads (after the engine drained in-flight requests)."""
@@ -204,6 +205,7 @@ class WSGIAdapter:
         """A deferred call is answered: tell the engine (once)."""
         if call in self.running:
             self.running.discard(call)
+            call.release()
             call.exchange.handler_done(error)
 
     def _forget_stuck(self, call: WsgiCall) -> None:
@@ -291,6 +293,10 @@ async def _make_input(
             future = asyncio.run_coroutine_threadsafe(exchange.receive(), loop)
         except RuntimeError as exc:  # the loop is closed: the worker is going away
             raise ClientDisconnected("the server is shutting down") from exc
-        return future.result()
+        try:
+            return future.result()
+        finally:
+            # The future holds the error it raises, whose traceback holds this frame.
+            del future
 
     return InputStream(pull)

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from kamisama_server.http.exchange import ClientDisconnected, Exchange, Headers, RequestBodyError
+from kamisama_server.http.ratelimit import limit_repeats
 from kamisama_server.http.state import STATUS_LINES
 from kamisama_server.http.wsgi_environ import Environ
 from kamisama_server.http.wsgi_file import FileWrapper
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from kamisama_server.http.wsgi import WSGIAdapter
 
 log = logging.getLogger("kamisama.wsgi")
+limit_repeats(log)  # a traceback per dropped upload, per repeated app error: then a count
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 WriteCallable = Callable[[bytes], None]
@@ -515,6 +517,12 @@ class WsgiCall:
                     file.close()
                 except Exception:
                     log.exception("error closing the wsgi.file_wrapper file")
+
+    def release(self) -> None:
+        """The call is answered: drop the errors kept, whose tracebacks hold frames that
+        refer back to this call and its stream (a cycle only a GC pass would free)."""
+        self.app_error = self.loop_error = None
+        self.stream.forget_error()
 
     def _add_length(self, headers: Headers) -> None:
         """The whole body is here and its length unknown to the client: declare it."""

@@ -57,6 +57,10 @@ class InputStream:
             self._pull = None
         return chunk
 
+    def forget_error(self) -> None:
+        """The call is over: drop the read error, whose traceback's frames refer to us."""
+        self._error = self.body_error = None
+
     def read(self, size: int | None = -1) -> bytes:
         """Up to ``size`` bytes, fewer only at the end of the body; all if ``size < 0``."""
         if size is None or size < 0:

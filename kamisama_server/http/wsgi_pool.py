@@ -61,6 +61,8 @@ class ThreadPool:
                 job()
             except BaseException:  # a job should never raise; keep the thread alive anyway
                 log.exception("unexpected error in a WSGI thread")
+            # Not held while waiting for the next one: it holds its request's connection.
+            job = None
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Let queued jobs finish, then stop the threads (waits up to ``timeout`` each)."""
