@@ -285,6 +285,10 @@ class LiveServer:
             if match is not None:
                 self.urls = match.group("urls").split(", ")
                 self.workers = int(match.group("workers"))
+                # The workers' "started" lines went to stderr before this line went to
+                # stdout, but each stream has its own reader: let stderr catch up.
+                while len(self.worker_pids()) < self.workers and time.monotonic() < deadline:
+                    self._err.wait_changed(_POLL)
                 return self
             code = self.process.poll()
             if code is not None:
