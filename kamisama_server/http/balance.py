@@ -93,6 +93,22 @@ class LoadBoard:
                 connections += figures[base + _CONNECTIONS]
         return workers, connections
 
+    def sibling_has_room(self, own: int) -> bool:
+        """Does a worker other than seat ``own`` accept now with an app thread free?"""
+        used = self._words[0]
+        figures = self._words[1 : 1 + used * _FIELDS].tolist()
+        silent_before = int((time.monotonic() - SILENT_FOR) * 1e6)
+        for base in range(0, used * _FIELDS, _FIELDS):
+            if (
+                base + 1 != own
+                and figures[base + _PID]
+                and figures[base + _ACCEPTING]
+                and not figures[base + _FULL_SINCE]
+                and figures[base + _BEAT] >= silent_before
+            ):
+                return True
+        return False
+
     def sweep(self) -> None:
         """Stop counting seats of processes that died without a word (SIGKILL)."""
         words = self._words
@@ -121,6 +137,10 @@ class Seat:
         words[base + _ACCEPTING] = 1 if accepting else 0
         if full != (words[base + _FULL_SINCE] != 0):
             words[base + _FULL_SINCE] = int(time.monotonic() * 1e6) if full else 0
+
+    def sibling_has_room(self) -> bool:
+        """Is another worker accepting now with an app thread free?"""
+        return self.board.sibling_has_room(self._base)
 
     def within_share(self, connections: int, slack: int) -> bool:
         """May a worker holding ``connections`` take one more?

@@ -41,8 +41,8 @@ _SHARE_SLACK = 1  # connections a worker may hold over the mean before it defers
 _SHARE_RECHECK = 0.002  # seconds between looks at the queue while over its share
 _SHARE_GRACE = 0.25  # over its share this long with the queue still full: take them, one
 # per recheck (the others may just be short of CPU; a stuck one drops off the board)
-_FULL_RECHECK = 0.02  # with --limit-concurrency: looks at the queue while at capacity...
-_FULL_GRACE = 0.1  # ...and takes what nobody took within this (to answer it, or 503)
+_FULL_RECHECK = 0.01  # at capacity, with requests queued inside or a --limit-concurrency:
+_FULL_GRACE = 0.05  # what nobody took within this is taken (to queue it fairly, or 503)
 
 # Why accepting is paused (None: it is not).
 _FULL, _OVER_SHARE, _NO_FDS = "full", "over share", "out of descriptors"
@@ -221,12 +221,22 @@ class HttpServer:
         state = self.state
         capacity = self._capacity
         if capacity is not None and self._load() >= capacity():
-            if self.config.limit_concurrency is None:
-                self._pause(_FULL)  # until a request ends
+            if self.config.limit_concurrency is not None:
+                # A limit asks for a quick 503 rather than a wait in the queue: once no
+                # sibling took the queued connections for a while, take them and answer.
+                return self._defer(_FULL, _FULL_RECHECK, _FULL_GRACE, one_by_one=False)
+            if state.inflight <= capacity():
+                self._pause(_FULL)  # until a request ends: the queue waits for a free thread
                 return False
-            # A limit asks for a quick 503 rather than a wait in the queue: once no
-            # sibling took the queued connections for a while, take them and answer.
-            return self._defer(_FULL, _FULL_RECHECK, _FULL_GRACE, one_by_one=False)
+            # Requests already queue here for a thread (keep-alive clients keep every
+            # thread busy): a new connection would wait for ever for a free thread, so
+            # unless a sibling has room, it joins the queue here, in turn.
+            seat = self._seat
+            if seat is None:
+                return self._defer(_FULL, _FULL_RECHECK, _FULL_GRACE, one_by_one=True)
+            if seat.sibling_has_room():
+                self._pause(_FULL, _FULL_RECHECK)
+                return False
         seat = self._seat
         if seat is None:
             return True
