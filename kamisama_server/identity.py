@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from kamisama_server.pids import pid_alive
+
 
 def set_title(title: str) -> bool:
     """Name this process in ``ps``/``top`` (``kamisama: worker 2 myapp:app``).
@@ -39,14 +41,8 @@ class PidFile:
                 pid = int(file.read().strip() or "0")
         except (OSError, ValueError):
             return  # absent or garbage: a stale file, overwritten later
-        if pid <= 0 or pid == os.getpid():
+        if pid <= 0 or pid == os.getpid() or not pid_alive(pid):
             return
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass  # alive, another user's
         raise PidFileInUse(f"pid file {self.path} names process {pid}, which is running")
 
     def write(self) -> None:

@@ -88,6 +88,8 @@ from typing import Any, Literal, Protocol
 
 import pytest
 
+from kamisama_server.pids import pid_alive
+
 __all__ = ["LiveServer", "ServerStartError", "start_server"]
 
 _LISTENING = re.compile(
@@ -179,23 +181,6 @@ def _flags(options: Mapping[str, Any]) -> list[str]:
     return argv
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (``/proc`` where there is one)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
 class LiveServer:
     """A running ``kamisama-serve`` master (in its own process group) and its output."""
 
@@ -259,7 +244,7 @@ class LiveServer:
     def worker_pids(self) -> dict[int, int]:
         """{worker id: pid} of the live workers, from the master's ``started`` lines."""
         latest = {int(wid): int(pid) for wid, pid in _WORKER_STARTED.findall(self.stderr)}
-        return {wid: pid for wid, pid in sorted(latest.items()) if _alive(pid)}
+        return {wid: pid for wid, pid in sorted(latest.items()) if pid_alive(pid)}
 
     def wait_for(
         self, text: str, stream: Literal["stdout", "stderr"] = "stderr", timeout: float = 10.0

@@ -21,6 +21,8 @@ import mmap
 import os
 import time
 
+from kamisama_server.pids import pid_alive
+
 # pid, accepting (0/1), open connections, full since (µs, 0: not full), last beat (µs)
 _FIELDS = 5
 _PID, _ACCEPTING, _CONNECTIONS, _FULL_SINCE, _BEAT = range(_FIELDS)
@@ -33,16 +35,6 @@ spells are just a fast request in progress, and must not make it look absent."""
 SEATS_PER_SLOT = 4
 MAX_SLOTS = 1024
 """Slots above this take no seat: they accept as if alone (never refused)."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class LoadBoard:
@@ -63,7 +55,7 @@ class LoadBoard:
         for index in range(first, first + SEATS_PER_SLOT):
             base = 1 + index * _FIELDS
             pid = words[base + _PID]
-            if pid == 0 or not _alive(pid):
+            if pid == 0 or not pid_alive(pid):
                 words[base + _ACCEPTING] = 0
                 words[base + _CONNECTIONS] = 0
                 words[base + _FULL_SINCE] = 0
@@ -115,7 +107,7 @@ class LoadBoard:
         for index in range(words[0]):
             base = 1 + index * _FIELDS
             pid = words[base + _PID]
-            if pid and words[base + _ACCEPTING] and not _alive(pid):
+            if pid and words[base + _ACCEPTING] and not pid_alive(pid):
                 words[base + _ACCEPTING] = 0
 
 
