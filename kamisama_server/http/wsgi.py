@@ -53,6 +53,8 @@ __all__ = ["ExcInfo", "StartResponse", "WSGIAdapter", "WSGIApp", "WriteCallable"
 
 log = logging.getLogger("kamisama.wsgi")
 
+# Seconds the loop's thread waits for a batch of calls before it goes on without it.
+_LEND = 0.02
 # A body up to this size (with Content-Length) is read on the loop before the app starts.
 _PRE_READ_MAX = 64 * 1024
 
@@ -87,6 +89,7 @@ class WSGIAdapter:
         self._outbox_wake = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch: list[WsgiCall] = []  # calls of this loop iteration (one thread)
+        self._loop_waits = False  # the loop's thread waits for a batch (see _hand_over)
 
     @property
     def capacity(self) -> int:
@@ -150,13 +153,34 @@ class WSGIAdapter:
             call.loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
+        """Hand this loop turn's calls to the app thread, and lend it the GIL a while.
+
+        The loop's thread waits (GIL released) up to ``_LEND`` seconds for the
+        batch: meanwhile it does not compete for the GIL, so every time the app
+        releases it (a database call, a file read) the app gets it straight back
+        instead of waiting for the loop's turn, and the finished responses go
+        out without a wake-up. A longer batch (a slow or blocking app) goes on
+        alone: the loop is never held longer than that.
+        """
         batch, self._batch = self._batch, []
-        self._pool.submit(lambda: _run_all(batch))
+        finished = threading.Lock()
+        finished.acquire()
+        with self._outbox_lock:
+            self._loop_waits = True
+        self._pool.submit(lambda: _run_all(batch, finished))
+        finished.acquire(timeout=_LEND)
+        with self._outbox_lock:
+            self._loop_waits = False
+            posted = bool(self._outbox)
+        if posted:
+            self._flush()
 
     def post(self, call: WsgiCall) -> None:
         """From a thread: ``call`` finished (or began to stream); wake the loop once."""
         with self._outbox_lock:
             self._outbox.append(call)
+            if self._loop_waits:
+                return  # the loop looks as soon as the batch (or its wait) ends
             wake = not self._outbox_wake
             self._outbox_wake = True
         if wake:
@@ -257,12 +281,15 @@ class WSGIAdapter:
             self._finish(call, None)
 
 
-def _run_all(calls: list[WsgiCall]) -> None:
+def _run_all(calls: list[WsgiCall], finished: threading.Lock) -> None:
     # Each call runs in its thread's own context, as in other threaded WSGI
     # servers (a ContextVar set in a call stays visible through its iteration
     # and close(), which run here too).
-    for call in calls:
-        call.run()
+    try:
+        for call in calls:
+            call.run()
+    finally:
+        finished.release()
 
 
 async def _make_input(
