@@ -10,6 +10,7 @@ wait on it while its siblings idle.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -107,4 +108,33 @@ def test_every_worker_gets_its_share(serve: StartServer, kind: str, workers: int
     print(f"\n{kind}, {workers} workers:\n" + "\n".join(report))
     unfair = [line for line in report if "UNFAIR" in line]
     assert not unfair, "\n".join(report)
+    assert server.stop() == 0, server.output()
+
+
+@pytest.mark.parametrize("kind", sorted(APPS))
+def test_a_burst_of_requests_on_64_connections_is_all_answered(
+    serve: StartServer, kind: str
+) -> None:
+    """Every connection sends its request at once (a client pool): all 64 are answered
+    promptly. (A response written from inside a loop callback once sat in uvloop's
+    queued writes until some other event woke the loop: 56 of 64 never left.)"""
+    args = ["app:app", "--bind", "127.0.0.1:0", "-w", "2", "--no-access-log"]
+    server = serve(args, modules={"app": APPS[kind]})
+    server.wait_listening()
+
+    async def burst() -> list[bytes]:
+        opened = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(64)]
+        for _, writer in opened:
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(reader.readuntil(b"\r\n\r\n") for reader, _ in opened)), 5
+            )
+        finally:
+            for _, writer in opened:
+                writer.close()
+
+    for _ in range(3):
+        heads = asyncio.run(burst())
+        assert all(head.startswith(b"HTTP/1.1 200 ") for head in heads), heads
     assert server.stop() == 0, server.output()

@@ -89,7 +89,6 @@ class WSGIAdapter:
         self._outbox_wake = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch: list[WsgiCall] = []  # calls of this loop iteration (one thread)
-        self._loop_waits = False  # the loop's thread waits for a batch (see _hand_over)
 
     @property
     def capacity(self) -> int:
@@ -158,29 +157,22 @@ class WSGIAdapter:
         The loop's thread waits (GIL released) up to ``_LEND`` seconds for the
         batch: meanwhile it does not compete for the GIL, so every time the app
         releases it (a database call, a file read) the app gets it straight back
-        instead of waiting for the loop's turn, and the finished responses go
-        out without a wake-up. A longer batch (a slow or blocking app) goes on
-        alone: the loop is never held longer than that.
+        instead of waiting for the loop's turn. A longer batch (a slow or
+        blocking app) goes on alone: the loop is never held longer than that.
+        The finished responses still come back through the outbox's wake-up
+        (written from this callback, uvloop would queue them until its next
+        poll returned: seen as answers that never left).
         """
         batch, self._batch = self._batch, []
         finished = threading.Lock()
         finished.acquire()
-        with self._outbox_lock:
-            self._loop_waits = True
         self._pool.submit(lambda: _run_all(batch, finished))
         finished.acquire(timeout=_LEND)
-        with self._outbox_lock:
-            self._loop_waits = False
-            posted = bool(self._outbox)
-        if posted:
-            self._flush()
 
     def post(self, call: WsgiCall) -> None:
         """From a thread: ``call`` finished (or began to stream); wake the loop once."""
         with self._outbox_lock:
             self._outbox.append(call)
-            if self._loop_waits:
-                return  # the loop looks as soon as the batch (or its wait) ends
             wake = not self._outbox_wake
             self._outbox_wake = True
         if wake:
