@@ -39,7 +39,8 @@ _ACCEPT_BATCH = 64  # connections accepted per readable event before yielding to
 _ACCEPT_PAUSE = 0.5  # out of file descriptors: stop accepting this long
 _SHARE_SLACK = 1  # connections a worker may hold over the mean before it defers
 _SHARE_RECHECK = 0.002  # seconds between looks at the queue while over its share
-_SHARE_GRACE = 0.25  # over its share this long with the queue still full: take them, one
+_SHARE_PACE = 0.01  # past the grace, one connection this often (a slow sibling still gets some)
+_SHARE_GRACE = 0.5  # over its share this long with the queue still full: take them, one
 # per recheck (the others may just be short of CPU; a stuck one drops off the board)
 _FULL_RECHECK = 0.01  # at capacity, with requests queued inside or a --limit-concurrency:
 _FULL_GRACE = 0.05  # what nobody took within this is taken (to queue it fairly, or 503)
@@ -243,9 +244,13 @@ class HttpServer:
         held = len(state.connections) + len(self._adopting)
         if seat.within_share(held, _SHARE_SLACK):
             return True
-        return self._defer(_OVER_SHARE, _SHARE_RECHECK, _SHARE_GRACE, one_by_one=True)
+        return self._defer(
+            _OVER_SHARE, _SHARE_RECHECK, _SHARE_GRACE, one_by_one=True, pace=_SHARE_PACE
+        )
 
-    def _defer(self, why: str, recheck: float, grace: float, *, one_by_one: bool) -> bool:
+    def _defer(
+        self, why: str, recheck: float, grace: float, *, one_by_one: bool, pace: float = 0.0
+    ) -> bool:
         """Leave the queue to the siblings for now; True once it stayed full ``grace`` s
         (then, ``one_by_one``, for one connection per ``recheck``)."""
         loop = self.state.loop
