@@ -73,6 +73,7 @@ def rounds(server: Server, phase: str, slots: int | None = None) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("balance")  # one at a time: each runs up to 5 workers on 2 cores
 @pytest.mark.parametrize("workers", [2, 4])
 @pytest.mark.parametrize("kind", sorted(APPS))
 def test_every_worker_gets_its_share(serve: StartServer, kind: str, workers: int) -> None:

@@ -107,7 +107,14 @@ class LoadBoard:
         for index in range(words[0]):
             base = 1 + index * _FIELDS
             pid = words[base + _PID]
-            if pid and words[base + _ACCEPTING] and not pid_alive(pid):
+            # Its successor may have claimed the seat since we read the pid: clear it
+            # only if it is still the dead one's (the owner's beat re-asserts it anyway).
+            if (
+                pid
+                and words[base + _ACCEPTING]
+                and not pid_alive(pid)
+                and words[base + _PID] == pid
+            ):
                 words[base + _ACCEPTING] = 0
 
 
@@ -146,9 +153,13 @@ class Seat:
             return True
         return connections * (workers + 1) <= others + connections + slack * (workers + 1)
 
-    def beat(self) -> None:
-        """The worker's loop still turns (called a few times a second)."""
-        self._words[self._base + _BEAT] = int(time.monotonic() * 1e6)
+    def beat(self, accepting: bool | None = None) -> None:
+        """The worker's loop still turns (called a few times a second); ``accepting``
+        re-asserts its flag, which a sibling's sweep may have cleared by mistake."""
+        words, base = self._words, self._base
+        words[base + _BEAT] = int(time.monotonic() * 1e6)
+        if accepting is not None:
+            words[base + _ACCEPTING] = 1 if accepting else 0
 
     def release(self) -> None:
         """The worker stops accepting for good (drain): its figures count no more."""

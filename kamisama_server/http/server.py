@@ -40,7 +40,7 @@ _ACCEPT_PAUSE = 0.5  # out of file descriptors: stop accepting this long
 _SHARE_SLACK = 1  # connections a worker may hold over the mean before it defers
 _SHARE_RECHECK = 0.002  # seconds between looks at the queue while over its share
 _SHARE_PACE = 0.01  # past the grace, one connection this often (a slow sibling still gets some)
-_SHARE_GRACE = 0.5  # over its share this long with the queue still full: take them, one
+_SHARE_GRACE = 1.0  # over its share this long with the queue still full: take them, one
 # per recheck (the others may just be short of CPU; a stuck one drops off the board)
 _FULL_RECHECK = 0.01  # at capacity, with requests queued inside or a --limit-concurrency:
 _FULL_GRACE = 0.05  # what nobody took within this is taken (to queue it fairly, or 503)
@@ -381,7 +381,7 @@ class HttpServer:
         if self._paused == _FULL and self._has_room():
             self._resume_accepting()  # a backstop: room is normally noticed at once
         if self._seat is not None:
-            self._seat.beat()
+            self._seat.beat(accepting=self._serving)
         if self._on_tick_hook is not None:
             self._on_tick_hook(now)
         self._schedule_tick()
