@@ -45,8 +45,9 @@ _SHARE_GRACE = 1.0  # over its share this long with the queue still full: take t
 _FULL_RECHECK = 0.01  # at capacity, with requests queued inside or a --limit-concurrency:
 _FULL_GRACE = 0.05  # what nobody took within this is taken (to queue it fairly, or 503)
 
-# Why accepting is paused (None: it is not).
-_FULL, _OVER_SHARE, _NO_FDS = "full", "over share", "out of descriptors"
+# Why accepting is paused (None: it is not). _ROOM: every thread busy, nothing queued
+# inside yet: resume once a thread is free or requests start to queue (the rule changes).
+_FULL, _ROOM, _OVER_SHARE, _NO_FDS = "full", "room", "over share", "out of descriptors"
 
 
 class HttpServer:
@@ -215,7 +216,16 @@ class HttpServer:
             conn.setblocking(False)
             task = asyncio.ensure_future(self._adopt(conn))
             self._adopting.add(task)
-            task.add_done_callback(self._adopting.discard)
+            task.add_done_callback(self._adoption_done)
+
+    def _adoption_done(self, task: asyncio.Task[None]) -> None:
+        """An accepted socket has its protocol (or failed): it no longer counts as load
+        of its own, so a worker that paused for it may take the next one now (without
+        this it waited for the next tick, up to half a second, while a burst queued)."""
+        self._adopting.discard(task)
+        load_changed = self.state.load_changed
+        if load_changed is not None:
+            load_changed()
 
     def _may_accept(self) -> bool:
         """Should this worker take the next queued connection now? (Else it pauses.)"""
@@ -227,7 +237,7 @@ class HttpServer:
                 # sibling took the queued connections for a while, take them and answer.
                 return self._defer(_FULL, _FULL_RECHECK, _FULL_GRACE, one_by_one=False)
             if state.inflight <= capacity():
-                self._pause(_FULL)  # until a request ends: the queue waits for a free thread
+                self._pause(_ROOM)  # the queue waits for a free thread (see _load_changed)
                 return False
             # Requests already queue here for a thread (keep-alive clients keep every
             # thread busy): a new connection would wait for ever for a free thread, so
@@ -277,16 +287,28 @@ class HttpServer:
         return capacity is None or self._load() < capacity()
 
     def _load_changed(self) -> None:
-        """Requests in flight or connections changed: publish; resume if room again."""
-        if self._paused == _FULL and self._has_room():
+        """Requests in flight or connections changed: publish; resume if the pause is over."""
+        if self._paused == _ROOM and self._room_or_queue():
             self._resume_accepting()
         self._publish()
+
+    def _room_or_queue(self) -> bool:
+        """Is a thread free, or do requests queue inside? (Either ends a ``_ROOM`` pause.)
+
+        With keep-alive clients a busy worker may never be idle for an instant; once
+        its requests queue, ``_may_accept`` decides by its siblings instead, and
+        without this look it stayed paused while a sibling over its share waited
+        a whole ``_SHARE_GRACE`` for it (seen as connections left unaccepted ~1 s).
+        """
+        capacity = self._capacity
+        return capacity is None or self._load() < capacity() or self.state.inflight > capacity()
 
     def _publish(self) -> None:
         seat = self._seat
         if seat is not None:
             state = self.state
-            seat.publish(len(state.connections), self._serving, not self._has_room())
+            connections = len(state.connections)
+            seat.publish(connections, self._serving, not self._has_room(), state.total_requests)
 
     async def _adopt(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -378,7 +400,7 @@ class HttpServer:
         for conn in list(state.connections):
             with contextlib.suppress(Exception):
                 conn.check_timer(now)
-        if self._paused == _FULL and self._has_room():
+        if self._paused == _ROOM and self._room_or_queue():
             self._resume_accepting()  # a backstop: room is normally noticed at once
         if self._seat is not None:
             self._seat.beat(accepting=self._serving)

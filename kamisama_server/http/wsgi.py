@@ -54,7 +54,7 @@ __all__ = ["ExcInfo", "StartResponse", "WSGIAdapter", "WSGIApp", "WriteCallable"
 log = logging.getLogger("kamisama.wsgi")
 
 # Seconds the loop's thread waits for a batch of calls before it goes on without it.
-_LEND = 0.02
+_LEND = 0.005
 # A body up to this size (with Content-Length) is read on the loop before the app starts.
 _PRE_READ_MAX = 64 * 1024
 
