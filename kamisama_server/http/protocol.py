@@ -195,9 +195,6 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
-            self._hold(len(data))
-            if self._dead:
-                return  # over the worker's cap, this head was the oldest: dropped
         self._moved = False
         self._feed, self._feed_pos = data, 0
         try:
@@ -218,8 +215,12 @@ class HttpProtocol(asyncio.Protocol):
             if self._in_head:
                 if self._head_bytes > self._max_head:
                     self._on_bad_input(431, "Request Header Fields Too Large")
-                elif self._mid_head:
+                    return
+                if self._mid_head:
                     self._keep_line_tail(data)
+                    # Still incomplete after this feed: count it worker-wide (a head
+                    # that completes within one read, the usual case, costs nothing).
+                    self._hold(len(data))
             elif self._chunked and self.parsing is not None:
                 self._check_framing(len(data))
 
