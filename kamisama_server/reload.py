@@ -56,6 +56,9 @@ def forget_modules(directories: Sequence[str]) -> None:
             del sys.modules[name]
 
 
+_READY_LOOK_MS = 200  # the watch wakes this often without a change (so start() knows it runs)
+
+
 class Watcher:
     """A daemon thread calling ``on_change(paths)`` for each batch of ``.py`` changes."""
 
@@ -63,28 +66,50 @@ class Watcher:
         self.directories = list(directories)
         self.on_change = on_change
         self.stop_event = threading.Event()
+        self.watching = threading.Event()  # set once the directories are watched
         self.thread = threading.Thread(target=self._watch, name="kamisama-reload", daemon=True)
 
-    def start(self) -> None:
+    def start(self, timeout: float = 5.0) -> None:
+        """Start watching; return once the watch is in place (or after ``timeout``).
+
+        A file saved between "listening" and the watch being set up would
+        otherwise go unnoticed (seen in CI: an edit right after start-up never
+        reloaded).
+        """
         self.thread.start()
+        self.watching.wait(timeout)
 
     def stop(self) -> None:
         self.stop_event.set()
 
     def _watch(self) -> None:
+        try:
+            self._watch_changes()
+        except Exception:  # a watch that cannot run must say so, not vanish
+            logging.getLogger("kamisama.reload").exception("reload: the file watch stopped")
+        finally:
+            self.watching.set()  # start() must not wait for a watch that is gone
+
+    def _watch_changes(self) -> None:
         from watchfiles import PythonFilter, watch
 
         logging.getLogger("watchfiles").setLevel(logging.WARNING)  # we log the change
 
+        # The first yield (changes, or an empty set once rust_timeout passes) comes from
+        # inside the watch: from then on no edit is missed.
         for changes in watch(
             *self.directories,
             watch_filter=PythonFilter(),
             stop_event=self.stop_event,
             raise_interrupt=False,
+            rust_timeout=_READY_LOOK_MS,
+            yield_on_timeout=True,
         ):
+            self.watching.set()
             if self.stop_event.is_set():
                 return
-            self.on_change(sorted({path for _change, path in changes}))
+            if changes:
+                self.on_change(sorted({path for _change, path in changes}))
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -436,11 +436,11 @@ def serve(config: ServeConfig) -> int:
         if pid_file is not None:
             pid_file.write()
         workers_text = "1 worker" if count == 1 else f"{count} workers"
+        if reloads is not None:
+            reloads.watcher.start()  # watching before we say so: no early edit is missed
         # stdout, not the log: the line tools wait for, whatever the log level.
         write_line(1, f"kamisama: listening on {urls} ({workers_text}, pid {os.getpid()})")
         systemd.ready(status())
-        if reloads is not None:
-            reloads.watcher.start()
 
     def rolling(phase: str) -> None:
         if phase == "begin":

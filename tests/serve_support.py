@@ -97,11 +97,14 @@ class Server(GroupProcess):
         return [int(m["pid"]) for m in STARTED.finditer(self.err)]
 
     def wait_for_log(self, text: str, count: int = 1, timeout: float = 10.0) -> None:
-        wait_until(
-            lambda: self.err.count(text) >= count or self._dead_early(),
-            timeout,
-            f"{count}x {text!r} on stderr",
-        )
+        try:
+            wait_until(
+                lambda: self.err.count(text) >= count or self._dead_early(),
+                timeout,
+                f"{count}x {text!r} on stderr",
+            )
+        except AssertionError as exc:  # say what the server did say
+            raise AssertionError(f"{exc}; its stderr:\n{self.err[-4000:]}") from None
         assert self.err.count(text) >= count, f"server exited first\n{self.output()}"
 
     def _dead_early(self) -> bool:

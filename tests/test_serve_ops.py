@@ -381,6 +381,24 @@ def test_reload_replaces_workers_on_a_change_and_keeps_serving_broken_code(
     assert server.stop() == 0, server.output()
 
 
+def test_reload_notices_an_edit_saved_the_moment_the_server_says_listening(
+    serve: StartServer,
+) -> None:
+    """The watch is in place before "listening" is printed: an edit right after it
+    reloads. (The watcher thread used to start after that line and could miss it.)"""
+    pytest.importorskip("watchfiles")
+    server = serve(
+        ["app:app", "-b", "127.0.0.1:0", "-w", "1", "--reload"], modules={"app": RELOAD_APP}
+    )
+    server.wait_listening()
+    app = server.directory / "app.py"
+    app.write_text(app.read_text().replace('"one"', '"second"'))
+    server.wait_for_log("reload: app.py changed: rolling restart", timeout=10)
+    server.wait_for_log("rolling restart done", timeout=20)
+    assert _version(server) == "second"
+    assert server.stop() == 0, server.output()
+
+
 def test_reload_without_watchfiles_names_the_extra(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.mkdir()
