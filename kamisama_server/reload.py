@@ -73,8 +73,9 @@ class Watcher:
         """Start watching; return once the watch is in place (or after ``timeout``).
 
         A file saved between "listening" and the watch being set up would
-        otherwise go unnoticed (seen in CI: an edit right after start-up never
-        reloaded).
+        otherwise go unnoticed (a suspect, not proven, for a CI run that timed
+        out waiting for the reload of an edit made right after start-up). With
+        ``--reload`` start-up takes up to ``_READY_LOOK_MS`` longer.
         """
         self.thread.start()
         self.watching.wait(timeout)
