@@ -370,6 +370,12 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
+def _refuse(message: str, code: int) -> int:
+    """The master cannot go on: one error line, and the exit code to return."""
+    log(message, logging.ERROR)
+    return code
+
+
 def serve(config: ServeConfig) -> int:
     """Bind, fork, serve until a shutdown signal; the process exit code."""
     check_platform()
@@ -378,8 +384,7 @@ def serve(config: ServeConfig) -> int:
     try:
         configure_logging(config.log_level, config.log_config)
     except ValueError as error:
-        log(f"cannot start: {error}", logging.ERROR)
-        return EXIT_CANNOT_START
+        return _refuse(f"cannot start: {error}", EXIT_CANNOT_START)
     set_title(f"kamisama: master {config.app}")
     pid_file = PidFile(config.pid_file) if config.pid_file else None
     try:
@@ -388,29 +393,24 @@ def serve(config: ServeConfig) -> int:
         if pid_file is not None:
             pid_file.check()
     except ReloadUnavailable as error:
-        log(f"cannot start: {error}", logging.ERROR)
-        return EXIT_USAGE
+        return _refuse(f"cannot start: {error}", EXIT_USAGE)
     except PidFileInUse as error:
-        log(f"cannot start: {error}", logging.ERROR)
-        return EXIT_CANNOT_BIND
+        return _refuse(f"cannot start: {error}", EXIT_CANNOT_BIND)
     loaded: _Loaded | None = None
     if config.preload:
         try:
             loaded = load(config)
         except StartupFailed as error:
-            log(f"cannot start: {error}", logging.ERROR)
+            code = _refuse(f"cannot start: {error}", EXIT_CANNOT_START)
             if error.detail:
-                log(error.detail, logging.DEBUG)
-            return EXIT_CANNOT_START
+                log(error.detail, logging.DEBUG)  # the traceback, below its one line
+            return code
     try:
         http = http_config(config)  # a bad certificate: a startup error, found before binding
     except (OSError, ssl.SSLError) as error:
         key = config.ssl_keyfile or config.ssl_certfile  # the key may sit in the cert file
-        log(
-            f"cannot start: TLS certificate {config.ssl_certfile} with key {key}: {error}",
-            logging.ERROR,
-        )
-        return EXIT_CANNOT_START
+        message = f"cannot start: TLS certificate {config.ssl_certfile} with key {key}: {error}"
+        return _refuse(message, EXIT_CANNOT_START)
     try:
         listeners = bind_listeners(
             config.binds,
@@ -420,8 +420,7 @@ def serve(config: ServeConfig) -> int:
             unix_mode=config.unix_socket_mode,
         )
     except BindError as error:
-        log(f"cannot bind {error}", logging.ERROR)
-        return EXIT_CANNOT_BIND
+        return _refuse(f"cannot bind {error}", EXIT_CANNOT_BIND)
     board = LoadBoard() if config.socket_mode == "shared" else None
     workers = ServerWorkers(config, http, listeners, loaded, board)
     reloads = _Reloads(config, workers) if config.reload else None

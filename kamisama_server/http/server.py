@@ -301,14 +301,14 @@ class HttpServer:
         a whole ``_SHARE_GRACE`` for it (seen as connections left unaccepted ~1 s).
         """
         capacity = self._capacity
-        return capacity is None or self._load() < capacity() or self.state.inflight > capacity()
+        return self._has_room() or (capacity is not None and self.state.inflight > capacity())
 
     def _publish(self) -> None:
         seat = self._seat
         if seat is not None:
             state = self.state
-            connections = len(state.connections)
-            seat.publish(connections, self._serving, not self._has_room(), state.total_requests)
+            full = not self._has_room()
+            seat.publish(len(state.connections), self._serving, full, state.total_requests)
 
     async def _adopt(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
