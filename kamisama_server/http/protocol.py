@@ -42,6 +42,10 @@ _METHODS = {
 _SINGLE = frozenset(
     (b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"host", b"content-type")
 )
+# Fields --proxy-headers reads: a head without them skips the proxy check.
+_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
+# The fields on_header looks at beyond counting them (one set lookup per field).
+_NOTED = _SINGLE | _FORWARDED
 _FORBIDDEN_TRAILERS = frozenset(
     (
         b"host",
@@ -114,6 +118,7 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade: bytes | None = None
         self._host_seen = False
         self._type_seen = False
+        self._forwarded = False
         self._ws_request: tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None = None
         # Chunked framing: trailers seen, a chunk opened and no data of it yet (the last
         # chunk's trailers follow), a callback since the feed began, framing bytes fed
@@ -321,6 +326,7 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade = None
         self._host_seen = False
         self._type_seen = False
+        self._forwarded = False
         if self.timer == _IDLE:
             self.timer = _HEAD
             self.deadline = self.loop.time() + self.config.header_timeout
@@ -346,7 +352,7 @@ class HttpProtocol(asyncio.Protocol):
         if value and value[-1] in (9, 32):
             value = value.rstrip(b" \t")
         name = name.lower()
-        if name in _SINGLE:
+        if name in _NOTED:
             if name == b"content-length":
                 self._content_length = int(value)  # llhttp validated the digits
             elif name == b"transfer-encoding":
@@ -361,10 +367,12 @@ class HttpProtocol(asyncio.Protocol):
                 if self._host_seen:
                     raise _Reject(400, "Duplicate Host header")
                 self._host_seen = True
-            else:  # content-type
+            elif name == b"content-type":
                 if self._type_seen:
                     raise _Reject(400, "Duplicate Content-Type header")
                 self._type_seen = True
+            else:  # X-Forwarded-For / -Proto
+                self._forwarded = True
         headers.append((name, value))
 
     def _on_trailer(self, name: bytes, value: bytes) -> None:
@@ -460,9 +468,10 @@ class HttpProtocol(asyncio.Protocol):
         self._check_request_line(raw_method, url)
         headers = self._headers
         client, scheme = self.client, self.scheme
-        proxies = self.state.proxies
-        if proxies is not None:
-            client, scheme = proxies.apply(headers, client, scheme)
+        if self._forwarded:
+            proxies = self.state.proxies
+            if proxies is not None:
+                client, scheme = proxies.apply(headers, client, scheme)
         head = RequestHead(
             method, path, query, version, headers, scheme, client, self.server, config.root_path
         )

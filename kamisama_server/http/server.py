@@ -27,6 +27,7 @@ import errno
 import socket
 import time
 from collections.abc import Callable
+from typing import Protocol, cast
 
 from .balance import Seat
 from .config import HttpConfig
@@ -48,6 +49,14 @@ _FULL_GRACE = 0.05  # what nobody took within this is taken (to queue it fairly,
 # Why accepting is paused (None: it is not). _ROOM: every thread busy, nothing queued
 # inside yet: resume once a thread is free or requests start to queue (the rule changes).
 _FULL, _ROOM, _OVER_SHARE, _NO_FDS = "full", "room", "over share", "out of descriptors"
+
+
+class _Threaded(Protocol):
+    """A handler whose requests need one of its app threads (the WSGI adapter)."""
+
+    @property
+    def capacity(self) -> int:
+        """Requests it can run at once now."""
 
 
 class HttpServer:
@@ -73,9 +82,10 @@ class HttpServer:
         self._over_seen = 0.0  # the last time we deferred
         self._last_take = 0.0  # the last connection taken over our share
         self._on_tick_hook = on_tick
-        self._capacity: Callable[[], int] | None = None
+        # A handler with app threads (WSGI): its ``capacity`` is read at each change.
+        self._threaded: _Threaded | None = None
         if hasattr(handler, "capacity"):
-            self._capacity = lambda: handler.capacity
+            self._threaded = cast(_Threaded, handler)
             state.load_changed = self._load_changed
             state.claims_enabled = True
         elif seat is not None:
@@ -230,13 +240,13 @@ class HttpServer:
     def _may_accept(self) -> bool:
         """Should this worker take the next queued connection now? (Else it pauses.)"""
         state = self.state
-        capacity = self._capacity
-        if capacity is not None and self._load() >= capacity():
+        threaded = self._threaded
+        if threaded is not None and self._load() >= threaded.capacity:
             if self.config.limit_concurrency is not None:
                 # A limit asks for a quick 503 rather than a wait in the queue: once no
                 # sibling took the queued connections for a while, take them and answer.
                 return self._defer(_FULL, _FULL_RECHECK, _FULL_GRACE, one_by_one=False)
-            if state.inflight <= capacity():
+            if state.inflight <= threaded.capacity:
                 self._pause(_ROOM)  # the queue waits for a free thread (see _load_changed)
                 return False
             # Requests already queue here for a thread (keep-alive clients keep every
@@ -283,14 +293,27 @@ class HttpServer:
         return state.inflight + state.claims + len(self._adopting)
 
     def _has_room(self) -> bool:
-        capacity = self._capacity
-        return capacity is None or self._load() < capacity()
+        threaded = self._threaded
+        return threaded is None or self._load() < threaded.capacity
 
     def _load_changed(self) -> None:
-        """Requests in flight or connections changed: publish; resume if the pause is over."""
-        if self._paused == _ROOM and self._room_or_queue():
-            self._resume_accepting()
-        self._publish()
+        """Requests in flight or connections changed: publish; resume if the pause is over.
+
+        Runs twice per request, so ``_load``, ``_has_room`` and ``_publish`` are
+        spelled out here rather than called.
+        """
+        state = self.state
+        threaded = self._threaded
+        assert threaded is not None
+        capacity = threaded.capacity
+        load = state.inflight + state.claims + len(self._adopting)
+        if self._paused == _ROOM and (load < capacity or state.inflight > capacity):
+            self._resume_accepting()  # see _room_or_queue
+        seat = self._seat
+        if seat is not None:
+            seat.publish(
+                len(state.connections), self._serving, load >= capacity, state.total_requests
+            )
 
     def _room_or_queue(self) -> bool:
         """Is a thread free, or do requests queue inside? (Either ends a ``_ROOM`` pause.)
@@ -300,8 +323,10 @@ class HttpServer:
         without this look it stayed paused while a sibling over its share waited
         a whole ``_SHARE_GRACE`` for it (seen as connections left unaccepted ~1 s).
         """
-        capacity = self._capacity
-        return self._has_room() or (capacity is not None and self.state.inflight > capacity())
+        threaded = self._threaded
+        if threaded is None:
+            return True
+        return self._has_room() or self.state.inflight > threaded.capacity
 
     def _publish(self) -> None:
         seat = self._seat
