@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections import deque
 from typing import Any, cast
 
@@ -42,6 +43,7 @@ _METHODS = {
 _SINGLE = frozenset(
     (b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"host", b"content-type")
 )
+_UNLIMITED = sys.maxsize
 # Fields --proxy-headers reads: a head without them skips the proxy check.
 _FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
 # The fields on_header looks at beyond counting them (one set lookup per field).
@@ -119,6 +121,9 @@ class HttpProtocol(asyncio.Protocol):
         self._host_seen = False
         self._type_seen = False
         self._forwarded = False
+        # The header limits, "none" (0) as a size no head reaches: one compare per field.
+        self._max_fields = config.limit_request_fields or _UNLIMITED
+        self._max_field_line = config.limit_request_field_size or _UNLIMITED
         self._ws_request: tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None = None
         # Chunked framing: trailers seen, a chunk opened and no data of it yet (the last
         # chunk's trailers follow), a callback since the feed began, framing bytes fed
@@ -341,13 +346,11 @@ class HttpProtocol(asyncio.Protocol):
         if not self._mid_head:
             self._on_trailer(name, value)
             return
-        config = self.config
         headers = self._headers
-        if config.limit_request_fields and len(headers) >= config.limit_request_fields:
+        if len(headers) >= self._max_fields:
             raise _Reject(431, "Too many request header fields")
-        size = config.limit_request_field_size
         # The field line as sent: name ": " value CRLF (gunicorn's measure).
-        if size and len(name) + len(value) + 4 > size:
+        if len(name) + len(value) + 4 > self._max_field_line:
             raise _Reject(431, "Request header field too large")
         if value and value[-1] in (9, 32):
             value = value.rstrip(b" \t")
