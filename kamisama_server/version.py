@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from importlib import metadata
+from importlib import metadata, util
 
 try:
     VERSION = metadata.version("kamisama-server")
@@ -11,3 +11,15 @@ except metadata.PackageNotFoundError:  # run from a source tree that was never i
 
 # What WSGI apps see as SERVER_SOFTWARE and `--version` prints.
 SERVER_SOFTWARE = f"kamisama-server/{VERSION}"
+
+
+def _engine_build() -> str:
+    """ "compiled" when the engine's hot path was built with mypyc (see README,
+    "Speed"), else "Python". Looked up without importing the engine."""
+    spec = util.find_spec("kamisama_server.http.protocol")
+    origin = spec.origin if spec is not None else None
+    return "Python" if origin is None or origin.endswith(".py") else "compiled"
+
+
+# Which build of the engine is installed; `--version` says it.
+ENGINE_BUILD = _engine_build()

@@ -145,6 +145,33 @@ def test_request_body_in_one_message_and_streamed(server: BackgroundServer) -> N
         assert resp.text == "012" and resp.headers["transfer-encoding"] == "chunked"
 
 
+async def bytes_like_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Valid ASGI that is not bytes-and-tuples: pairs as lists (ASGI says "iterable of
+    [name, value]"), a tuple of pairs, bytearray values, bytearray and memoryview bodies."""
+    if scope["path"] == "/whole":
+        headers: Any = [[b"content-type", bytearray(b"text/plain")], [b"x-pair", b"list"]]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": bytearray(b"one bytearray")})
+    else:
+        headers = ((b"x-pair", b"tuple"),)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": memoryview(b"view, "), "more_body": True})
+        await send({"type": "http.response.body", "body": bytearray(b"bytearray")})
+
+
+def test_response_pairs_and_bodies_of_any_bytes_like_type() -> None:
+    # Both builds must take them: the compiled one checks declared types at run time.
+    with serve(bytes_like_app) as srv, httpx.Client(base_url=srv.url) as client:
+        for _ in range(2):  # the second time from the scanned-headers cache, if cached
+            whole = client.get("/whole")
+            assert (whole.status_code, whole.content) == (200, b"one bytearray")
+            assert whole.headers["content-type"] == "text/plain"
+            assert whole.headers["x-pair"] == "list"
+            streamed = client.get("/streamed")
+            assert (streamed.status_code, streamed.content) == (200, b"view, bytearray")
+            assert streamed.headers["x-pair"] == "tuple"
+
+
 @pytest.mark.parametrize("path", ["/raise", "/bad-status", "/crlf", "/nothing"])
 def test_app_errors_give_500(
     server: BackgroundServer, path: str, caplog: pytest.LogCaptureFixture

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .config import HttpConfig
-from .exchange import ClientDisconnected, Exchange
+from .exchange import ClientDisconnected, Exchange, ResponseHeaders
 from .lifespan import Lifespan, LifespanMode
 from .websocket import UvicornWebSockets, websockets_available
 
@@ -109,7 +109,7 @@ class _Cycle:
         self.started = False
         self.complete = False
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: ResponseHeaders = []
 
     async def receive(self) -> Message:
         exchange = self.exchange

@@ -13,11 +13,18 @@ the app in a thread reaches them with ``asyncio.run_coroutine_threadsafe``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 Headers = list[tuple[bytes, bytes]]
+# What an app may answer with: response header pairs as any iterable of
+# (name, value) byte strings (ASGI allows lists for pairs and bytearray values)
+# and a body as any bytes-like object. Typed loosely on purpose: the compiled
+# build (mypyc, see README "Speed") checks declared types at run time and must
+# take whatever the Python build takes.
+ResponseHeaders = Iterable[Any]
+Body = bytes | bytearray | memoryview
 
 
 class RequestBodyError(OSError):
@@ -96,7 +103,7 @@ class Exchange(abc.ABC):
 
     @abc.abstractmethod
     async def send_head(
-        self, status: int, headers: Headers, status_line: bytes | None = None
+        self, status: int, headers: ResponseHeaders, status_line: bytes | None = None
     ) -> None:
         """Validate and send the status line and headers.
 
@@ -109,7 +116,7 @@ class Exchange(abc.ABC):
         ``Content-Length``, else chunked on HTTP/1.1, else close-delimited.
         """
 
-    def check_head(self, status: int, headers: Headers) -> None:
+    def check_head(self, status: int, headers: ResponseHeaders) -> None:
         """Raise ``ValueError`` now for what ``send_head`` would refuse later.
 
         For adapters that hold the head back until the body is known (ASGI
@@ -119,7 +126,7 @@ class Exchange(abc.ABC):
         return None
 
     def send_now(
-        self, status: int, headers: Headers, body: bytes, status_line: bytes | None = None
+        self, status: int, headers: ResponseHeaders, body: Body, status_line: bytes | None = None
     ) -> bool:
         """Send a whole response (head, ``body``, end) at once, without waiting.
 
@@ -132,7 +139,7 @@ class Exchange(abc.ABC):
         return False
 
     @abc.abstractmethod
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: Body) -> None:
         """Send body bytes, waiting while the transport is paused (backpressure)."""
 
     @abc.abstractmethod

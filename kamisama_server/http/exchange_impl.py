@@ -12,9 +12,16 @@ import asyncio
 import os
 import re
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .exchange import ClientDisconnected, Exchange, Headers, RequestBodyError, RequestHead
+from .exchange import (
+    Body,
+    ClientDisconnected,
+    Exchange,
+    RequestBodyError,
+    RequestHead,
+    ResponseHeaders,
+)
 from .state import STATUS_LINES
 
 if TYPE_CHECKING:
@@ -40,11 +47,12 @@ _SCANNED: dict[tuple[tuple[bytes, bytes], ...], _Scanned] = {}
 _SCANNED_MAX = 512  # bounded: headers with per-response values only churn it
 
 
-def _scan_headers(headers: Headers) -> _Scanned:
+def _scan_headers(headers: ResponseHeaders) -> _Scanned:
     """Validate the app's headers; ``ValueError`` for a bad name/value/length."""
+    key: Any  # the pairs as a tuple, if hashable; Any: see exchange.ResponseHeaders
     try:
-        key: tuple[tuple[bytes, bytes], ...] | None = tuple(headers)
-        found = _SCANNED.get(key)  # type: ignore[arg-type]
+        key = tuple(headers)
+        found = _SCANNED.get(key)
     except TypeError:  # unhashable (lists for pairs, bytearray values): no caching
         key = found = None
     if found is not None:
@@ -55,6 +63,8 @@ def _scan_headers(headers: Headers) -> _Scanned:
     close = own_server = own_date = False
     token = _TOKEN.fullmatch
     bad = _BAD_VALUE.search
+    name: Any
+    value: Any
     for name, value in headers:
         if not token(name) or bad(value):
             raise ValueError(f"invalid response header {name!r}: {value!r}")
@@ -257,7 +267,7 @@ class HttpExchange(Exchange):
         return self._head_sent
 
     async def send_head(
-        self, status: int, headers: Headers, status_line: bytes | None = None
+        self, status: int, headers: ResponseHeaders, status_line: bytes | None = None
     ) -> None:
         if self._head_sent:
             raise RuntimeError("response head already sent")
@@ -268,17 +278,19 @@ class HttpExchange(Exchange):
         self.status = status
         self._proto.loop.call_soon(self._flush_head)
 
-    def check_head(self, status: int, headers: Headers) -> None:
+    def check_head(self, status: int, headers: ResponseHeaders) -> None:
         if type(status) is not int or not 200 <= status <= 599:
             raise ValueError(f"invalid response status {status!r}")
         _scan_headers(headers)  # cached: _build_head finds it again for free
 
     def send_now(
-        self, status: int, headers: Headers, body: bytes, status_line: bytes | None = None
+        self, status: int, headers: ResponseHeaders, body: Body, status_line: bytes | None = None
     ) -> bool:
         proto = self._proto
         if self._head_sent or proto.closed or proto.writing_paused:
             return False
+        if type(body) is not bytes:
+            body = bytes(body)  # a bytearray or memoryview from the app
         head = self._build_head(status, headers, status_line)
         framing = self._framing
         size = len(body)
@@ -306,7 +318,9 @@ class HttpExchange(Exchange):
         self._complete()
         return True
 
-    def _build_head(self, status: int, headers: Headers, status_line: bytes | None) -> bytes:
+    def _build_head(
+        self, status: int, headers: ResponseHeaders, status_line: bytes | None
+    ) -> bytes:
         if type(status) is not int or not 200 <= status <= 599:
             raise ValueError(f"invalid response status {status!r}")
         proto = self._proto
@@ -355,7 +369,7 @@ class HttpExchange(Exchange):
             self._pending_head = None
             self._proto.write(head)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: Body) -> None:
         if not self._head_sent:
             raise RuntimeError("write() before send_head()")
         if self._finished:
@@ -367,6 +381,8 @@ class HttpExchange(Exchange):
             raise ClientDisconnected("client disconnected")
         if not data or self._no_body:
             return
+        if type(data) is not bytes:
+            data = bytes(data)  # a bytearray or memoryview from the app
         size = len(data)
         self.sent += size
         framing = self._framing

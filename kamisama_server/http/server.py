@@ -27,7 +27,7 @@ import errno
 import socket
 import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from .balance import Seat
 from .config import HttpConfig
@@ -375,7 +375,7 @@ class HttpServer:
         loop = self.state.loop
         assert loop is not None
         for sock in self._sockets:
-            loop.remove_reader(sock.fileno())
+            _remove_reader(loop, sock.fileno())
 
     def _pause(self, why: str, seconds: float | None = None) -> None:
         """Stop taking connections: for ``seconds``, or until ``_resume_accepting``."""
@@ -432,3 +432,9 @@ class HttpServer:
         if self._on_tick_hook is not None:
             self._on_tick_hook(now)
         self._schedule_tick()
+
+
+def _remove_reader(loop: Any, fd: int) -> None:
+    """``loop.remove_reader``, its result unused. ``Any``: typeshed says it returns a
+    bool, uvloop returns None, and the compiled build checks what typeshed says."""
+    loop.remove_reader(fd)
