@@ -13,7 +13,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from processes import Script
 
+import kamisama_server
 from kamisama_server.http.ratelimit import RepeatFilter
+from kamisama_server.version import ENGINE_BUILD, VERSION
+
+
+def pytest_report_header() -> str:
+    return f"kamisama-server {VERSION}, engine: {ENGINE_BUILD}, from {kamisama_server.__path__[0]}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test a checkout that holds compiled modules beside its sources.
+
+    A compiled build made in the checkout without HATCH_BUILD_CLEAN_HOOKS_AFTER
+    leaves its .so files there, and Python imports them before the .py files:
+    an editable install would test (and serve) stale compiled code.
+    """
+    package = Path(kamisama_server.__path__[0])
+    if (package.parent / "pyproject.toml").exists():  # imported from a checkout
+        stale = sorted(str(p.relative_to(package.parent)) for p in package.rglob("*.so"))
+        if stale:
+            pytest.exit(f"compiled modules in the checkout shadow the sources: {stale}", 2)
 
 
 @pytest.fixture(autouse=True)

@@ -70,8 +70,8 @@ class Contender:
 
 
 def ours_command() -> str:
-    """Our server's executable: $KAMISAMA_SERVE, else the bench venv's (the project is
-    installed editable there), else the repo's own .venv."""
+    """Our server's executable: $KAMISAMA_SERVE, else the bench venv's (the compiled
+    build, installed by run.sh), else the repo's own .venv."""
     explicit = os.environ.get("KAMISAMA_SERVE")
     if explicit:
         return explicit

@@ -9,6 +9,7 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
+from .contenders import ours_command
 from .nginx import nginx_binary
 
 PACKAGES = (
@@ -57,6 +58,9 @@ def _cpu_model() -> str:
 
 def describe() -> dict[str, Any]:
     versions = {p: _version(p) for p in PACKAGES}
+    # Which build of our engine ran ("0.1.0 (engine: compiled)"): the one the runs used.
+    ours = _first_line([ours_command(), "--version"])
+    versions["kamisama-server"] = ours.removeprefix("kamisama-serve ")
     nginx = nginx_binary()
     versions["nginx"] = _first_line([nginx, "-v"]).rpartition("/")[2] if nginx else "not installed"
     versions["wrk"] = _first_line(["wrk", "-v"]).split("Copyright")[0].replace("wrk ", "").strip()
