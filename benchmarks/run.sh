@@ -44,6 +44,7 @@ fi
 ours="$want $(cd "$root" && find kamisama_server -name '*.py' | sort | xargs cat | sha256sum)"
 if [ ! -f "$ours_stamp" ] || [ "$(cat "$ours_stamp")" != "$ours" ]; then
     echo "[bench] building kamisama-server's compiled engine into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet "$root"  # its dependencies, if new
     # (CLEAN_HOOKS_AFTER: mypyc builds inside the checkout; its .so files must not stay
     # there, where an editable install would import them instead of the sources.)
     if ! HATCH_BUILD_HOOK_ENABLE_MYPYC=1 HATCH_BUILD_CLEAN_HOOKS_AFTER=1 "$venv/bin/python" -m pip install --quiet \
@@ -51,7 +52,6 @@ if [ ! -f "$ours_stamp" ] || [ "$(cat "$ours_stamp")" != "$ours" ]; then
         echo "[bench] the compiled build failed here: benchmarking the Python build" >&2
         "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$root"
     fi
-    "$venv/bin/python" -m pip install --quiet "$root"  # its dependencies, if new
     echo "$ours" > "$ours_stamp"
 fi
 "$venv/bin/kamisama-serve" --version >&2
