@@ -49,9 +49,9 @@ _SCANNED_MAX = 512  # bounded: headers with per-response values only churn it
 
 def _scan_headers(headers: ResponseHeaders) -> _Scanned:
     """Validate the app's headers; ``ValueError`` for a bad name/value/length."""
-    key: Any  # the pairs as a tuple, if hashable; Any: see exchange.ResponseHeaders
+    pairs: Any = tuple(headers)  # read once (any iterable); Any: see exchange.ResponseHeaders
+    key: Any = pairs  # the cache key, if the pairs are hashable
     try:
-        key = tuple(headers)
         found = _SCANNED.get(key)
     except TypeError:  # unhashable (lists for pairs, bytearray values): no caching
         key = found = None
@@ -65,7 +65,7 @@ def _scan_headers(headers: ResponseHeaders) -> _Scanned:
     bad = _BAD_VALUE.search
     name: Any
     value: Any
-    for name, value in headers:
+    for name, value in pairs:
         if not token(name) or bad(value):
             raise ValueError(f"invalid response header {name!r}: {value!r}")
         lname = name.lower()
