@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -147,10 +148,12 @@ def test_request_body_in_one_message_and_streamed(server: BackgroundServer) -> N
 
 async def bytes_like_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Valid ASGI that is not bytes-and-tuples: pairs as lists (ASGI says "iterable of
-    [name, value]"), a tuple of pairs, bytearray values, bytearray and memoryview bodies."""
+    [name, value]"), a tuple of pairs, bytearray values, bytearray and memoryview bodies,
+    an ``http.HTTPStatus`` for the status (an int, as uvicorn takes it)."""
     if scope["path"] == "/whole":
         headers: Any = [[b"content-type", bytearray(b"text/plain")], [b"x-pair", b"list"]]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        status = HTTPStatus.CREATED
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": bytearray(b"one bytearray")})
     else:
         headers = ((b"x-pair", b"tuple"),)
@@ -159,12 +162,12 @@ async def bytes_like_app(scope: dict[str, Any], receive: Any, send: Any) -> None
         await send({"type": "http.response.body", "body": bytearray(b"bytearray")})
 
 
-def test_response_pairs_and_bodies_of_any_bytes_like_type() -> None:
+def test_response_status_pairs_and_bodies_of_any_valid_type() -> None:
     # Both builds must take them: the compiled one checks declared types at run time.
     with serve(bytes_like_app) as srv, httpx.Client(base_url=srv.url) as client:
         for _ in range(2):  # the second time from the scanned-headers cache, if cached
             whole = client.get("/whole")
-            assert (whole.status_code, whole.content) == (200, b"one bytearray")
+            assert (whole.status_code, whole.content) == (201, b"one bytearray")
             assert whole.headers["content-type"] == "text/plain"
             assert whole.headers["x-pair"] == "list"
             streamed = client.get("/streamed")

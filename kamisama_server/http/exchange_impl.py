@@ -279,7 +279,7 @@ class HttpExchange(Exchange):
         self._proto.loop.call_soon(self._flush_head)
 
     def check_head(self, status: int, headers: ResponseHeaders) -> None:
-        if type(status) is not int or not 200 <= status <= 599:
+        if not isinstance(status, int) or not 200 <= status <= 599:  # an IntEnum too
             raise ValueError(f"invalid response status {status!r}")
         _scan_headers(headers)  # cached: _build_head finds it again for free
 
@@ -321,7 +321,7 @@ class HttpExchange(Exchange):
     def _build_head(
         self, status: int, headers: ResponseHeaders, status_line: bytes | None
     ) -> bytes:
-        if type(status) is not int or not 200 <= status <= 599:
+        if not isinstance(status, int) or not 200 <= status <= 599:  # an IntEnum too
             raise ValueError(f"invalid response status {status!r}")
         proto = self._proto
         state = proto.state
