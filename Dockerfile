@@ -36,12 +36,13 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip uninstall --yes kamisama-server \
  && rm -r kamisama_server README.md
 # 2. The source: only the project itself is installed again (no download), as the
-#    compiled build; the compiler's Python side then leaves the venv.
+#    compiled build; the compiler's Python side then leaves the venv. (-I: the check
+#    must import the installed package, not the sources in this working directory.)
 COPY README.md ./
 COPY kamisama_server ./kamisama_server
 RUN HATCH_BUILD_HOOK_ENABLE_MYPYC=1 HATCH_BUILD_CLEAN_HOOKS_AFTER=1 \
     /opt/venv/bin/pip install --no-deps --no-build-isolation . \
- && /opt/venv/bin/python -c "from kamisama_server.version import ENGINE_BUILD as b; assert b == 'compiled', b" \
+ && /opt/venv/bin/python -I -c "from kamisama_server.version import ENGINE_BUILD as b; assert b == 'compiled', b" \
  && /opt/venv/bin/pip uninstall --yes hatch-mypyc mypy
 
 FROM python:3.11-slim
