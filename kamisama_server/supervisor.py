@@ -517,20 +517,26 @@ class Supervisor:
             self._tell_siblings(process.wid, "down")
 
     def _respawn_delay(self, process: _Process) -> float:
-        """How long the slot of ``process`` (which died unasked) waits for its successor."""
+        """How long the slot of ``process`` (which died unasked) waits for its successor.
+
+        Every unasked death counts in the slot's ``CRASH_WINDOW``, a start-up one
+        too: workers killed now just before, now just after ``HEALTHY_AFTER`` (a
+        query of death that meets each new worker at a different age) must still
+        back off more and more, not restart the count at each change of kind.
+        """
         wid = process.wid
         now = time.monotonic()
-        if not process.ready or now - process.ready_at < HEALTHY_AFTER:
-            self.failures[wid] = self.failures.get(wid, 0) + 1
-            return backoff_delay(self.failures[wid])
-        self.failures.pop(wid, None)
         recent = [t for t in self.crashes.get(wid, []) if now - t < CRASH_WINDOW]
         recent.append(now)
         self.crashes[wid] = recent
-        delay = backoff_delay(len(recent) - CRASH_LIMIT + 1)
-        if delay and not self._any_running(besides=wid):
+        repeated = backoff_delay(len(recent) - CRASH_LIMIT + 1)
+        if not process.ready or now - process.ready_at < HEALTHY_AFTER:
+            self.failures[wid] = self.failures.get(wid, 0) + 1
+            return max(backoff_delay(self.failures[wid]), repeated)
+        self.failures.pop(wid, None)
+        if repeated and not self._any_running(besides=wid):
             return 0.0  # it was healthy: never leave every slot backing off
-        return delay
+        return repeated
 
     def _any_running(self, besides: int) -> bool:
         """True if a slot other than ``besides`` has a worker that is not stopping."""
