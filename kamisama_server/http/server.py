@@ -177,8 +177,14 @@ class HttpServer:
         if self._seat is not None:
             self._seat.release()
         self._stop_accepting()
+        # What the kernel queued is served here, unless no app thread is left (the
+        # watchdog gave up on every one): those would only get 503s, while the
+        # successor or a sibling, which hold the socket too, can serve them.
+        threaded = self._threaded
+        take_queued = threaded is None or threaded.capacity > 0
         for sock in self._sockets:
-            self._accept(sock, _MAX_BACKLOG_ACCEPT)
+            if take_queued:
+                self._accept(sock, _MAX_BACKLOG_ACCEPT)
             if close_sockets:
                 sock.close()
         state.idle_grace = idle_grace
