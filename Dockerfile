@@ -42,7 +42,7 @@ COPY README.md ./
 COPY kamisama_server ./kamisama_server
 RUN HATCH_BUILD_HOOK_ENABLE_MYPYC=1 HATCH_BUILD_CLEAN_HOOKS_AFTER=1 \
     /opt/venv/bin/pip install --no-deps --no-build-isolation . \
- && /opt/venv/bin/python -I -c "from kamisama_server.version import ENGINE_BUILD as b; assert b == 'compiled', b" \
+ && /opt/venv/bin/python -I -c "from kamisama_server.version import engine_build as b; assert b() == 'compiled', b()" \
  && /opt/venv/bin/pip uninstall --yes hatch-mypyc mypy
 
 FROM python:3.11-slim

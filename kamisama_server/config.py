@@ -32,7 +32,7 @@ from kamisama_server.sockets import (
     parse_bind,
     systemd_listen_fds,
 )
-from kamisama_server.version import ENGINE_BUILD, VERSION
+from kamisama_server.version import VERSION, engine_build
 
 ENV_PREFIX = "KAMISAMA_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -424,7 +424,7 @@ def build_parser(prog: str = "kamisama-serve") -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {VERSION} (engine: {ENGINE_BUILD})"
+        "--version", action="version", version=f"%(prog)s {VERSION} (engine: {engine_build()})"
     )
     for option in OPTIONS:
         help_text = f"{option.help} Default: {option.default_doc}. Env: {option.env_name}."

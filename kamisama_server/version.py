@@ -13,13 +13,10 @@ except metadata.PackageNotFoundError:  # run from a source tree that was never i
 SERVER_SOFTWARE = f"kamisama-server/{VERSION}"
 
 
-def _engine_build() -> str:
-    """ "compiled" when the engine's hot path was built with mypyc (see README,
-    "Speed"), else "Python". Looked up without importing the engine."""
+def engine_build() -> str:
+    """Which build of the engine is installed, for ``--version``: "compiled" when
+    its hot path was built with mypyc (README, "Speed"), else "Python". Looked up
+    without importing the engine, and only when asked (not at every import)."""
     spec = util.find_spec("kamisama_server.http.protocol")
     origin = spec.origin if spec is not None else None
     return "Python" if origin is None or origin.endswith(".py") else "compiled"
-
-
-# Which build of the engine is installed; `--version` says it.
-ENGINE_BUILD = _engine_build()

@@ -15,11 +15,12 @@ from processes import Script
 
 import kamisama_server
 from kamisama_server.http.ratelimit import RepeatFilter
-from kamisama_server.version import ENGINE_BUILD, VERSION
+from kamisama_server.version import VERSION, engine_build
 
 
 def pytest_report_header() -> str:
-    return f"kamisama-server {VERSION}, engine: {ENGINE_BUILD}, from {kamisama_server.__path__[0]}"
+    where = kamisama_server.__path__[0]
+    return f"kamisama-server {VERSION}, engine: {engine_build()}, from {where}"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -303,23 +303,10 @@ class HttpServer:
         return threaded is None or self._load() < threaded.capacity
 
     def _load_changed(self) -> None:
-        """Requests in flight or connections changed: publish; resume if the pause is over.
-
-        Runs twice per request, so ``_load``, ``_has_room`` and ``_publish`` are
-        spelled out here rather than called.
-        """
-        state = self.state
-        threaded = self._threaded
-        assert threaded is not None
-        capacity = threaded.capacity
-        load = state.inflight + state.claims + len(self._adopting)
-        if self._paused == _ROOM and (load < capacity or state.inflight > capacity):
-            self._resume_accepting()  # see _room_or_queue
-        seat = self._seat
-        if seat is not None:
-            seat.publish(
-                len(state.connections), self._serving, load >= capacity, state.total_requests
-            )
+        """Requests in flight or connections changed: publish; resume if the pause is over."""
+        if self._paused == _ROOM and self._room_or_queue():
+            self._resume_accepting()
+        self._publish()
 
     def _room_or_queue(self) -> bool:
         """Is a thread free, or do requests queue inside? (Either ends a ``_ROOM`` pause.)
@@ -330,9 +317,7 @@ class HttpServer:
         a whole ``_SHARE_GRACE`` for it (seen as connections left unaccepted ~1 s).
         """
         threaded = self._threaded
-        if threaded is None:
-            return True
-        return self._has_room() or self.state.inflight > threaded.capacity
+        return threaded is None or self._has_room() or self.state.inflight > threaded.capacity
 
     def _publish(self) -> None:
         seat = self._seat
