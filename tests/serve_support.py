@@ -417,3 +417,28 @@ def _peer_closed(sock: socket.socket) -> bool:
         return sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
+
+
+def connection_inodes(port: int) -> set[str]:
+    """Socket inodes of the TCP connections to ``port`` (not its listening socket)."""
+    local = f":{port:04X} "
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        if local in line:  # cheap first look: the file can hold thousands of TIME_WAITs
+            fields = line.split()
+            if fields[1].endswith(local.rstrip()) and fields[3] != "0A":  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def held_connections(pid: int, port: int, inodes: set[str] | None = None) -> int:
+    """TCP connections to ``port`` among ``pid``'s descriptors (``inodes``: see
+    :func:`connection_inodes`, when the caller looks at several processes)."""
+    if inodes is None:
+        inodes = connection_inodes(port)
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            held += link.startswith("socket:[") and link[8:-1] in inodes
+    return held

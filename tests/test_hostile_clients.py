@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from http_support import Reader, connect, stream_until_answered
 from processes import wait_until
-from serve_support import Server, StartServer, serving
+from serve_support import Server, StartServer, held_connections, serving
 
 from kamisama_server.http.background import BackgroundServer
 from kamisama_server.http.wsgi import WSGIAdapter
@@ -111,22 +111,6 @@ def worker_pid(server: Server) -> int:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def held_connections(pid: int, port: int) -> int:
-    """TCP connections to ``port`` (not the listening socket) among ``pid``'s descriptors."""
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        if local_port == port and fields[3] != "0A":  # 0A: LISTEN
-            inodes.add(fields[9])
-    held = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            held += link.startswith("socket:[") and link[8:-1] in inodes
-    return held
 
 
 def quiet_fd_count(server: Server, pid: int) -> int:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from http_support import connect
-from serve_support import Server, StartServer, serving
-from test_hostile_clients import held_connections, rss_kib, settles_at, worker_pid
+from serve_support import Server, StartServer, held_connections, serving
+from test_hostile_clients import rss_kib, settles_at, worker_pid
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 
