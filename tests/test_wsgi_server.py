@@ -138,6 +138,19 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     if path == "/bytes-header":
         start_response("200 OK", [(b"X-Bytes", b"1")])
         return [b"x"]
+    if path == "/loose-types":  # valid enough for every WSGI server we know
+        write = start_response("200 OK", [["Content-Type", "text/plain"]])  # type: ignore[list-item]
+        write(bytearray(b"written;"))
+        return iter([b"bytes;", bytearray(b"bytearray;"), memoryview(b"memoryview")])
+    if path == "/loose-list":
+        start_response("200 OK", [["Content-Length", "10"]])  # type: ignore[list-item]
+        return [bytearray(b"bytearray;")]
+    if path == "/tuple-headers":
+        start_response("200 OK", (("Content-Length", "1"),))  # type: ignore[arg-type]
+        return [b"x"]
+    if path == "/not-bytes":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return ["text"]
     if path == "/too-long":
         start_response("200 OK", [("Content-Length", "5")])
         return Tracked([b"01234", b"56789"], name)
@@ -472,6 +485,20 @@ def test_invalid_head_from_the_app_is_500(server: BackgroundServer, path: str) -
         assert reader.response().body == b"Hello, world!"
     if path == "/crlf-header":
         wait_for(closed_event("badcrlf-header"), "close()")
+
+
+def test_app_values_of_any_accepted_type(client: httpx.Client) -> None:
+    """List pairs, bytearray and memoryview chunks are served; a tuple of headers and a
+    str chunk are refused with a 500. The same in both builds: the compiled one checks
+    declared types at run time, so these values must reach our own checks."""
+    loose = client.get("/loose-types")
+    assert (loose.status_code, loose.text) == (200, "written;bytes;bytearray;memoryview")
+    assert loose.headers["content-type"] == "text/plain"
+    listed = client.get("/loose-list")
+    assert (listed.status_code, listed.text) == (200, "bytearray;")
+    assert client.get("/tuple-headers").status_code == 500
+    assert client.get("/not-bytes").status_code == 500  # a list body is held: no head went out
+    assert client.get("/hello").text == "Hello, world!"
 
 
 def test_never_more_than_content_length(server: BackgroundServer) -> None:

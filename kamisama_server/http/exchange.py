@@ -48,6 +48,14 @@ class ClientDisconnected(OSError):
     """The client went away; writes and reads on the exchange fail with this."""
 
 
+class Abandoned(ClientDisconnected):
+    """The watchdog gave up on a WSGI call: whatever its app does now goes nowhere.
+
+    (Here, not in ``wsgi_call``: the compiled build cannot compile a module that
+    subclasses ``OSError``, and this one is not compiled.)
+    """
+
+
 @dataclass(slots=True)
 class RequestHead:
     """What the engine parsed and validated of the request; read-only for adapters."""

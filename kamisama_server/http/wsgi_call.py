@@ -29,9 +29,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from kamisama_server.http.exchange import ClientDisconnected, Exchange, Headers, RequestBodyError
+from kamisama_server.http.exchange import (
+    Abandoned,
+    ClientDisconnected,
+    Exchange,
+    Headers,
+    RequestBodyError,
+)
 from kamisama_server.http.ratelimit import limit_repeats
 from kamisama_server.http.state import STATUS_LINES
 from kamisama_server.http.wsgi_environ import Environ
@@ -53,7 +59,7 @@ class StartResponse(Protocol):
         self,
         status: str,
         headers: list[tuple[str, str]],
-        exc_info: ExcInfo | None = ...,
+        exc_info: ExcInfo | None = None,
         /,
     ) -> WriteCallable: ...
 
@@ -69,10 +75,6 @@ _JOIN_MAX = 256 * 1024
 _NO_BODY_STATUS = frozenset((204, 304))
 
 
-class Abandoned(ClientDisconnected):
-    """The watchdog gave up on this call: whatever the app does now goes nowhere."""
-
-
 # Apps answer with the same few status lines and header lists again and again:
 # each is checked and encoded once. Bounded, since some carry per-response values.
 _CACHE_MAX = 512
@@ -82,7 +84,7 @@ _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 _ENCODED: dict[tuple[tuple[str, str], ...], tuple[Headers, int | None]] = {}
 
 
-def _parse_status(status: str) -> tuple[int, bytes | None]:
+def _parse_status(status: Any) -> tuple[int, bytes | None]:
     """The code of a WSGI status line ("200 OK") and the status line to send; ValueError if bad.
 
     The app's reason phrase goes out as given (``299 Custom Thing``, Werkzeug's
@@ -114,7 +116,7 @@ def _parse_status(status: str) -> tuple[int, bytes | None]:
     return found
 
 
-def _encode_headers(headers: list[tuple[str, str]]) -> tuple[Headers, int | None]:
+def _encode_headers(headers: Any) -> tuple[Headers, int | None]:
     """Response headers as latin-1 bytes (a fresh list), and the declared Content-Length."""
     if type(headers) is not list:
         raise TypeError(f"headers must be a list, got {type(headers).__name__}")
@@ -229,7 +231,7 @@ class WsgiCall:
 
     def run(self) -> None:
         """Call the app, consume its result and close it, all here; never raises."""
-        app_iter: Iterable[bytes] | None = None
+        app_iter: Any = None  # whatever the app returned (checked as it is read)
         environ = self.environ
         self.environ = None
         assert environ is not None
@@ -257,16 +259,17 @@ class WsgiCall:
             self.app_error = exc
         self._close(app_iter)
 
-    def app_call(self, environ: Environ) -> Iterable[bytes] | None:
+    def app_call(self, environ: Environ) -> Any:
         """Call the app; None if its result is a file the loop will send."""
-        app_iter = self.owner.app(environ, self.start_response)
+        app: Any = self.owner.app
+        app_iter = app(environ, self.start_response)
         if type(app_iter) is FileWrapper:
             self._take_file(app_iter)
             if self.file is not None:
                 return None  # the loop sends it, then closes it
         return app_iter
 
-    def _close(self, app_iter: Iterable[bytes] | None) -> None:
+    def _close(self, app_iter: Any) -> None:
         """Call the iterable's ``close()`` (always), then tell the loop we are done."""
         try:
             close = getattr(app_iter, "close", None)
@@ -297,13 +300,15 @@ class WsgiCall:
             self.declared = span[2]
             self.headers.append((b"Content-Length", str(span[2]).encode()))
 
-    def start_response(
-        self,
-        status: str,
-        headers: list[tuple[str, str]],
-        exc_info: ExcInfo | None = None,
-    ) -> WriteCallable:
-        """PEP 3333 ``start_response``; may replace the head until the body starts."""
+    def start_response(self, status: Any, headers: Any, exc_info: Any = None) -> WriteCallable:
+        """PEP 3333 ``start_response``; may replace the head until the body starts.
+
+        Its parameters (and every value the app hands us) are typed ``Any``
+        here, ``StartResponse`` being the typed face: the compiled build checks
+        declared types when a value arrives, and the checks below (their
+        messages, and what they let through, such as list pairs) must be the
+        ones that run, in both builds.
+        """
         if exc_info is not None:
             try:
                 if self.committed:
@@ -317,7 +322,7 @@ class WsgiCall:
         self.status = code
         return self.write
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Any) -> None:
         """The legacy ``write()`` callable: sends ``data`` before the app goes on."""
         if not self.status:
             raise RuntimeError("write() called before start_response()")
