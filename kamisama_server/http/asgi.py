@@ -27,6 +27,7 @@ from .config import HttpConfig
 from .exchange import ClientDisconnected, Exchange, ResponseHeaders
 from .lifespan import Lifespan, LifespanMode
 from .websocket import UvicornWebSockets, websockets_available
+from .wsgi_environ import PERCENT
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,7 +70,7 @@ class AsgiAdapter:
         head = exchange.head
         raw_path = head.raw_path
         path = raw_path.decode("latin-1")
-        if b"%" in raw_path:
+        if PERCENT in raw_path:  # an int: see wsgi_environ.PERCENT
             path = unquote(path)
         scope: Scope = {
             "type": "http",
