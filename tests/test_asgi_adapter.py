@@ -201,18 +201,7 @@ def test_http_disconnect_after_response(server: BackgroundServer) -> None:
 def test_pathsend_sends_the_file(server: BackgroundServer, tmp_path: Path) -> None:
     file = tmp_path / "data.bin"
     file.write_bytes(bytes(range(256)) * 4000)
-    resp = (
-        httpx.get(
-            f"{server.url}/pathsend",
-            params=None,
-            headers={},
-            timeout=10,
-            follow_redirects=False,
-            extensions=None,
-        )
-        if False
-        else httpx.get(f"{server.url}/pathsend?{file}")
-    )
+    resp = httpx.get(f"{server.url}/pathsend?{file}", timeout=10)
     assert resp.status_code == 200 and resp.content == file.read_bytes()
 
 

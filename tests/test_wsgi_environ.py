@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 
-from kamisama_server.http.exchange import RequestHead
+from kamisama_server.http.head import RequestHead
 from kamisama_server.http.wsgi_environ import EnvironBuilder, decode_path, header_key, split_root
 from kamisama_server.http.wsgi_file import FileWrapper
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .exchange import RequestHead
+from .head import RequestHead
 
 DEFAULT_ACCESS_FORMAT = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(L)ss "%(a)s"'
 """Who, when, what, status, size, duration (seconds), user agent."""

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-Headers = list[tuple[bytes, bytes]]
+from .head import RequestHead
+
 # What an app may answer with: response header pairs as any iterable of
 # (name, value) byte strings (ASGI allows lists for pairs and bytearray values)
 # and a body as any bytes-like object. Typed loosely on purpose: the compiled
@@ -54,22 +54,6 @@ class Abandoned(ClientDisconnected):
     (Here, not in ``wsgi_call``: the compiled build cannot compile a module that
     subclasses ``OSError``, and this one is not compiled.)
     """
-
-
-@dataclass(slots=True)
-class RequestHead:
-    """What the engine parsed and validated of the request; read-only for adapters."""
-
-    method: str
-    raw_path: bytes  # path as sent, still percent-encoded, without the query
-    query_string: bytes
-    http_version: str  # "1.0" or "1.1"
-    headers: Headers  # names lower-cased, values as sent (stripped of OWS)
-    scheme: str = "http"
-    client: tuple[str, int] | None = None
-    server: tuple[str, int] | None = None
-    root_path: str = ""
-    extensions: dict[str, object] = field(default_factory=dict)
 
 
 class Exchange(abc.ABC):

@@ -19,9 +19,9 @@ from .exchange import (
     ClientDisconnected,
     Exchange,
     RequestBodyError,
-    RequestHead,
     ResponseHeaders,
 )
+from .head import RequestHead
 from .state import STATUS_LINES
 
 if TYPE_CHECKING:

@@ -27,9 +27,9 @@ from .exchange import (
     Deferred,
     RequestBodyError,
     RequestBodyTooLarge,
-    RequestHead,
 )
 from .exchange_impl import HttpExchange
+from .head import RequestHead
 from .state import EngineState, error_log
 
 # What the per-connection timer is waiting for (_TRAILERS: the end of a chunked body's trailers).

@@ -35,9 +35,9 @@ from kamisama_server.http.exchange import (
     Abandoned,
     ClientDisconnected,
     Exchange,
-    Headers,
     RequestBodyError,
 )
+from kamisama_server.http.head import Headers
 from kamisama_server.http.ratelimit import limit_repeats
 from kamisama_server.http.state import STATUS_LINES
 from kamisama_server.http.wsgi_environ import Environ

@@ -11,7 +11,7 @@ import sys
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
-from kamisama_server.http.exchange import RequestHead
+from kamisama_server.http.head import RequestHead
 from kamisama_server.version import SERVER_SOFTWARE
 
 Environ = dict[str, Any]
