@@ -200,8 +200,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def pids_gone(pids: Sequence[int], timeout: float = 10.0) -> None:
-    wait_until(lambda: not any(pid_alive(p) for p in pids), timeout, f"pids {pids} to exit")
+def pids_gone(
+    pids: Sequence[int], timeout: float = 10.0, output: Callable[[], str] | None = None
+) -> None:
+    """Wait until ``pids`` exited; on a timeout, ``output()`` (the server's log) says why."""
+    try:
+        wait_until(lambda: not any(pid_alive(p) for p in pids), timeout, f"pids {pids} to exit")
+    except AssertionError as exc:
+        alive = [p for p in pids if pid_alive(p)]
+        raise AssertionError(f"{exc}; alive: {alive}\n{output() if output else ''}") from None
 
 
 def elapsed(start: float) -> float:

@@ -89,7 +89,7 @@ def test_max_requests_recycles_workers_under_32_keep_alive_clients_without_a_fai
     limits = [int(n) for n in re.findall(r"--max-requests (\d+)\)", server.err)]
     assert all(200 <= n <= 250 for n in limits), limits
     assert len(set(server.all_started_pids())) >= 6  # 2 first + at least 4 successors
-    pids_gone(list(first))
+    pids_gone(list(first), output=server.output)
     assert server.stop() == 0, server.output()
 
 
