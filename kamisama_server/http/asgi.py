@@ -25,9 +25,9 @@ from urllib.parse import unquote
 
 from .config import HttpConfig
 from .exchange import ClientDisconnected, Exchange, ResponseHeaders
+from .head import PERCENT
 from .lifespan import Lifespan, LifespanMode
 from .websocket import UvicornWebSockets, websockets_available
-from .wsgi_environ import PERCENT
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -70,7 +70,7 @@ class AsgiAdapter:
         head = exchange.head
         raw_path = head.raw_path
         path = raw_path.decode("latin-1")
-        if PERCENT in raw_path:  # an int: see wsgi_environ.PERCENT
+        if PERCENT in raw_path:  # an int: see head.PERCENT
             path = unquote(path)
         scope: Scope = {
             "type": "http",

@@ -47,6 +47,12 @@ _SCANNED: dict[tuple[tuple[bytes, bytes], ...], _Scanned] = {}
 _SCANNED_MAX = 512  # bounded: headers with per-response values only churn it
 
 
+def _check_status(status: int) -> None:
+    """``ValueError`` unless ``status`` is a final status (an int, an ``HTTPStatus`` too)."""
+    if not isinstance(status, int) or not 200 <= status <= 599:
+        raise ValueError(f"invalid response status {status!r}")
+
+
 def _scan_headers(headers: ResponseHeaders) -> _Scanned:
     """Validate the app's headers; ``ValueError`` for a bad name/value/length."""
     pairs: Any = tuple(headers)  # read once (any iterable); Any: see exchange.ResponseHeaders
@@ -279,8 +285,7 @@ class HttpExchange(Exchange):
         self._proto.loop.call_soon(self._flush_head)
 
     def check_head(self, status: int, headers: ResponseHeaders) -> None:
-        if not isinstance(status, int) or not 200 <= status <= 599:  # an IntEnum too
-            raise ValueError(f"invalid response status {status!r}")
+        _check_status(status)
         _scan_headers(headers)  # cached: _build_head finds it again for free
 
     def send_now(
@@ -321,8 +326,7 @@ class HttpExchange(Exchange):
     def _build_head(
         self, status: int, headers: ResponseHeaders, status_line: bytes | None
     ) -> bytes:
-        if not isinstance(status, int) or not 200 <= status <= 599:  # an IntEnum too
-            raise ValueError(f"invalid response status {status!r}")
+        _check_status(status)
         proto = self._proto
         state = proto.state
         fields, length, close, own_server, own_date = _scan_headers(headers)
