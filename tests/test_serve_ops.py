@@ -368,8 +368,9 @@ def test_reload_replaces_workers_on_a_change_and_keeps_serving_broken_code(
 
     app.write_text(app.read_text().replace('VERSION = "second"', "VERSION = (", 1))
     server.wait_for_log("but the app does not load; old workers keep serving", timeout=20)
+    # The error follows that line in a write of its own: wait for it too.
+    server.wait_for_log("failed: SyntaxError: '(' was never closed (app.py, line 5)", timeout=5)
     assert server.err.count("does not load") == 1, server.err
-    assert "failed: SyntaxError: '(' was never closed (app.py, line 5)" in server.err
     assert {_version(server) for _ in range(6)} == {"second"}
     assert server.err.count("rolling restart done") == 1
 
