@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from kamisama_server.http.exchange import RequestBodyTooLarge
+from kamisama_server.http.errors import RequestBodyTooLarge
 from kamisama_server.http.wsgi_input import InputStream
 
 BODY = b"line one\nline two\n\nlast line without newline"

@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from .config import HttpConfig
-from .exchange import ClientDisconnected, Exchange, ResponseHeaders
+from .errors import ClientDisconnected
+from .exchange import Exchange, ResponseHeaders
 from .head import PERCENT
 from .lifespan import Lifespan, LifespanMode
 from .websocket import UvicornWebSockets, websockets_available

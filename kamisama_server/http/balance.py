@@ -20,22 +20,27 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from typing import Final
 
 from kamisama_server.pids import pid_alive
 
 # pid, accepting (0/1), open connections, full since (µs, 0: not full), last beat (µs)
-_FIELDS = 5
-_PID, _ACCEPTING, _CONNECTIONS, _FULL_SINCE, _BEAT = range(_FIELDS)
-SILENT_FOR = 1.5
+_FIELDS: Final = 5
+_PID: Final = 0
+_ACCEPTING: Final = 1
+_CONNECTIONS: Final = 2
+_FULL_SINCE: Final = 3
+_BEAT: Final = 4
+SILENT_FOR: Final = 1.5
 """A worker whose loop has not beaten this long (stuck in CPU-bound code) counts as
 not accepting: its siblings must not leave connections to it."""
-FULL_FOR = 0.05
+FULL_FOR: Final = 0.05
 """A worker full (every app thread busy) this long with no request finished meanwhile
 counts as not accepting (its app blocks): shorter spells are just a fast request in
 progress. A full worker that keeps finishing requests (any worker under steady load)
 is re-stamped at each one, so it keeps its place in the share."""
-SEATS_PER_SLOT = 4
-MAX_SLOTS = 1024
+SEATS_PER_SLOT: Final = 4
+MAX_SLOTS: Final = 1024
 """Slots above this take no seat: they accept as if alone (never refused)."""
 
 

@@ -27,35 +27,6 @@ ResponseHeaders = Iterable[Any]
 Body = bytes | bytearray | memoryview
 
 
-class RequestBodyError(OSError):
-    """The request body turned out invalid while the app read it.
-
-    An ``OSError`` so that WSGI apps, which expect I/O errors from
-    ``wsgi.input.read()``, handle it as they handle a dropped client.
-    ``status`` is what the client gets if no response head was sent yet.
-    """
-
-    status = 400
-
-
-class RequestBodyTooLarge(RequestBodyError):
-    """The body exceeded ``limit_request_body``."""
-
-    status = 413
-
-
-class ClientDisconnected(OSError):
-    """The client went away; writes and reads on the exchange fail with this."""
-
-
-class Abandoned(ClientDisconnected):
-    """The watchdog gave up on a WSGI call: whatever its app does now goes nowhere.
-
-    (Here, not in ``wsgi_call``: the compiled build cannot compile a module that
-    subclasses ``OSError``, and this one is not compiled.)
-    """
-
-
 class Exchange(abc.ABC):
     """One request/response pair; implemented by the engine, used by adapters."""
 

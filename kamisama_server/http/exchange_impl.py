@@ -12,39 +12,37 @@ import asyncio
 import os
 import re
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from .exchange import (
-    Body,
-    ClientDisconnected,
-    Exchange,
-    RequestBodyError,
-    ResponseHeaders,
-)
+from .errors import ClientDisconnected, RequestBodyError
+from .exchange import Body, Exchange, ResponseHeaders
 from .head import RequestHead
 from .state import STATUS_LINES
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-_BIG = 64 * 1024  # above this, body bytes are not copied into a chunk frame
-_KEEP_ALIVE_UNREAD = 64 * 1024  # unread request body we are willing to discard to keep alive
-_SENDFILE_CHUNK = 256 * 1024
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_BIG: Final = 64 * 1024  # above this, body bytes are not copied into a chunk frame
+_KEEP_ALIVE_UNREAD: Final = 64 * 1024  # unread request body we are willing to discard to keep alive
+_SENDFILE_CHUNK: Final = 256 * 1024
 
 # Response framing.
-_NONE, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
+_NONE: Final = 0
+_LENGTH: Final = 1
+_CHUNKED: Final = 2
+_CLOSE: Final = 3
 
 
 # What _scan_headers found: the validated header lines we pass on as they are, the
 # app's Content-Length, whether it asked to close, whether it set Server and Date.
 _Scanned = tuple[bytes, "int | None", bool, bool, bool]
 # Apps answer with the same few header lists again and again: scan each once.
-_SCANNED: dict[tuple[tuple[bytes, bytes], ...], _Scanned] = {}
-_SCANNED_MAX = 512  # bounded: headers with per-response values only churn it
+_SCANNED: Final[dict[tuple[tuple[bytes, bytes], ...], _Scanned]] = {}
+_SCANNED_MAX: Final = 512  # bounded: headers with per-response values only churn it
 
 
 def _check_status(status: int) -> None:

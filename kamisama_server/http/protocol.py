@@ -17,38 +17,36 @@ import asyncio
 import os
 import sys
 from collections import deque
-from typing import Any, cast
+from typing import Any, Final, cast
 
 # httptools' names, and its parser or the h11 one as HttpConfig.parser says (see parser_choice).
 from . import parser_choice as httptools
-from .exchange import (
-    DEFERRED,
-    ClientDisconnected,
-    Deferred,
-    RequestBodyError,
-    RequestBodyTooLarge,
-)
+from .errors import ClientDisconnected, RequestBodyError, RequestBodyTooLarge
+from .exchange import DEFERRED, Deferred
 from .exchange_impl import HttpExchange
 from .head import RequestHead
 from .state import EngineState, error_log
 
 # What the per-connection timer is waiting for (_TRAILERS: the end of a chunked body's trailers).
-_NO_TIMER, _IDLE, _HEAD, _TRAILERS = 0, 1, 2, 3
+_NO_TIMER: Final = 0
+_IDLE: Final = 1
+_HEAD: Final = 2
+_TRAILERS: Final = 3
 
-_METHODS = {
+_METHODS: Final = {
     m.encode(): m
     for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
 }
 # Headers we look at while parsing; the last two must not appear twice (RFC 9112 3.2).
-_SINGLE = frozenset(
+_SINGLE: Final = frozenset(
     (b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"host", b"content-type")
 )
-_UNLIMITED = sys.maxsize
+_UNLIMITED: Final = sys.maxsize
 # Fields --proxy-headers reads: a head without them skips the proxy check.
-_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
+_FORWARDED: Final = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
 # The fields on_header looks at beyond counting them (one set lookup per field).
-_NOTED = _SINGLE | _FORWARDED
-_FORBIDDEN_TRAILERS = frozenset(
+_NOTED: Final = _SINGLE | _FORWARDED
+_FORBIDDEN_TRAILERS: Final = frozenset(
     (
         b"host",
         b"content-length",
@@ -60,10 +58,10 @@ _FORBIDDEN_TRAILERS = frozenset(
         b"upgrade",
     )
 )
-_LINGER = 2.0  # seconds we keep reading (and dropping) after an error before closing
-_TLS_CLOSE_WAIT = 0.1  # seconds a draining TLS close waits for the client's close_notify
-_CLAIM = 0.01  # seconds a new connection's first request may take to start counting
-_SILENT_CLAIMS = 8  # this many claims in a row expired silent: claim nothing (slowloris)
+_LINGER: Final = 2.0  # seconds we keep reading (and dropping) after an error before closing
+_TLS_CLOSE_WAIT: Final = 0.1  # seconds a draining TLS close waits for the client's close_notify
+_CLAIM: Final = 0.01  # seconds a new connection's first request may take to start counting
+_SILENT_CLAIMS: Final = 8  # this many claims in a row expired silent: claim nothing (slowloris)
 
 
 class _Stop(Exception):
@@ -136,6 +134,9 @@ class HttpProtocol(asyncio.Protocol):
         self._feed = b""
         self._feed_pos = 0
         self._line_tail: bytes | None = None
+        # The feed began between two messages: a request line found at its start is
+        # this request's own (not bytes of a body), so its version can be read there.
+        self._fed_between = False
         # Stall watch (see _check_stall): progress events seen, since when none came.
         self._progress = 0
         self._progress_seen = -1
@@ -207,6 +208,7 @@ class HttpProtocol(asyncio.Protocol):
             self._head_bytes += len(data)
         self._moved = False
         self._feed, self._feed_pos = data, 0
+        self._fed_between = self._in_head and not self._mid_head
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -434,7 +436,10 @@ class HttpProtocol(asyncio.Protocol):
         self._unhold()
         parser = self.parser
         config = self.config
-        version = parser.get_http_version()
+        raw_method = parser.get_method()
+        url = self._url
+        line_end = self._find_request_line(raw_method, url)
+        version = self._version_at(line_end, raw_method, url) or parser.get_http_version()
         if version != "1.1" and version != "1.0":
             if version == "0.9":
                 raise _Reject(400, "HTTP/0.9 is not supported")
@@ -443,9 +448,7 @@ class HttpProtocol(asyncio.Protocol):
             raise _Reject(400, "Transfer-Encoding on HTTP/1.0")
         if not self._host_seen and version == "1.1":
             raise _Reject(400, "Missing Host header")  # RFC 9112 3.2: a server MUST refuse
-        raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        url = self._url
         limit = config.limit_request_line
         if limit and len(raw_method) + len(url) + 10 > limit:
             raise _Reject(414, "Request-URI Too Long")
@@ -468,7 +471,8 @@ class HttpProtocol(asyncio.Protocol):
                 raise _Reject(400, "Invalid request target") from None
             path, query = parsed.path or b"/", parsed.query or b""
             _use_target_host(self._headers, parsed.host, parsed.port)
-        self._check_request_line(raw_method, url)
+        if line_end < 0:
+            self._check_line_tail(raw_method, url)
         headers = self._headers
         client, scheme = self.client, self.scheme
         if self._forwarded:
@@ -509,21 +513,47 @@ class HttpProtocol(asyncio.Protocol):
             if len(self.pipeline) >= config.pipeline_depth:
                 self.update_reading()
 
-    def _check_request_line(self, method: bytes, url: bytes) -> None:
-        """One space, exactly, between method, target and version (RFC 9112 3).
+    def _find_request_line(self, method: bytes, url: bytes) -> int:
+        """Where the version of this request's line begins in the feed; -1: not in it.
 
-        llhttp skips extra spaces and gives no byte positions, so the line it
-        parsed is looked for in what was fed: where the head began in an earlier
-        feed than this one, in that feed's kept tail. Not found there means extra
-        spaces (400); a head whose line is further back than the tail goes
-        unchecked. h11 refuses extra spaces itself.
+        The request line must have one space, exactly, between method, target and
+        version (RFC 9112 3). llhttp skips extra spaces and gives no byte
+        positions, so the line it parsed is looked for in what was fed; not found
+        there, ``_check_line_tail`` decides. h11 refuses extra spaces itself.
+        """
+        line = b"%b %b HTTP/" % (method, url)
+        found = self._feed.find(line, self._feed_pos)
+        if found < 0:
+            return -1
+        self._feed_pos = found + len(line)
+        return self._feed_pos
+
+    def _version_at(self, line_end: int, method: bytes, url: bytes) -> str | None:
+        """The HTTP version written at ``line_end`` of the feed, if 1.1 or 1.0.
+
+        Cheaper than the parser's ``get_http_version`` (a ``str.format`` per
+        call). Only for a line at the very start of a feed that began between
+        two messages: anywhere else the bytes found could be a request line
+        inside the previous request's body.
+        """
+        if not self._fed_between or line_end != len(method) + len(url) + 7:
+            return None
+        version = self._feed[line_end : line_end + 3]
+        if version == b"1.1":
+            return "1.1"
+        if version == b"1.0":
+            return "1.0"
+        return None
+
+    def _check_line_tail(self, method: bytes, url: bytes) -> None:
+        """The request line was not in this feed: look in the kept tail of the last one.
+
+        A head that began in an earlier feed has its line in that feed's kept
+        tail; not found there means extra spaces (400). A head whose line is
+        further back than the tail goes unchecked.
         """
         line = b"%b %b HTTP/" % (method, url)
         feed = self._feed
-        found = feed.find(line, self._feed_pos)
-        if found >= 0:
-            self._feed_pos = found + len(line)
-            return
         tail, self._line_tail = self._line_tail, None
         if tail is None or (len(tail) > len(line) and (tail + feed).find(line) < 0):
             raise _Reject(400, "Invalid request line")

@@ -27,7 +27,7 @@ import errno
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from .balance import Seat
 from .config import HttpConfig
@@ -35,20 +35,24 @@ from .exchange import AppHandler
 from .protocol import HttpProtocol
 from .state import EngineState, WebSocketSupport, error_log
 
-_MAX_BACKLOG_ACCEPT = 65536  # bound on the accept-what-is-queued loop of drain()
-_ACCEPT_BATCH = 64  # connections accepted per readable event before yielding to the loop
-_ACCEPT_PAUSE = 0.5  # out of file descriptors: stop accepting this long
-_SHARE_SLACK = 1  # connections a worker may hold over the mean before it defers
-_SHARE_RECHECK = 0.002  # seconds between looks at the queue while over its share
-_SHARE_PACE = 0.01  # past the grace, one connection this often (a slow sibling still gets some)
-_SHARE_GRACE = 1.0  # over its share this long with the queue still full: take them, one
+_MAX_BACKLOG_ACCEPT: Final = 65536  # bound on the accept-what-is-queued loop of drain()
+_ACCEPT_BATCH: Final = 64  # connections accepted per readable event before yielding to the loop
+_ACCEPT_PAUSE: Final = 0.5  # out of file descriptors: stop accepting this long
+_SHARE_SLACK: Final = 1  # connections a worker may hold over the mean before it defers
+_SHARE_RECHECK: Final = 0.002  # seconds between looks at the queue while over its share
+# past the grace, one connection this often (a slow sibling still gets some)
+_SHARE_PACE: Final = 0.01
+_SHARE_GRACE: Final = 1.0  # over its share this long with the queue still full: take them, one
 # per recheck (the others may just be short of CPU; a stuck one drops off the board)
-_FULL_RECHECK = 0.01  # at capacity, with requests queued inside or a --limit-concurrency:
-_FULL_GRACE = 0.05  # what nobody took within this is taken (to queue it fairly, or 503)
+_FULL_RECHECK: Final = 0.01  # at capacity, with requests queued inside or a --limit-concurrency:
+_FULL_GRACE: Final = 0.05  # what nobody took within this is taken (to queue it fairly, or 503)
 
 # Why accepting is paused (None: it is not). _ROOM: every thread busy, nothing queued
 # inside yet: resume once a thread is free or requests start to queue (the rule changes).
-_FULL, _ROOM, _OVER_SHARE, _NO_FDS = "full", "room", "over share", "out of descriptors"
+_FULL: Final = "full"
+_ROOM: Final = "room"
+_OVER_SHARE: Final = "over share"
+_NO_FDS: Final = "out of descriptors"
 
 
 class _Threaded(Protocol):

@@ -12,7 +12,7 @@ import http
 import logging
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from .access import AccessLog
 from .config import HttpConfig
@@ -46,7 +46,7 @@ def _status_line(code: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode("latin-1"))
 
 
-STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+STATUS_LINES: Final[dict[int, bytes]] = {code: _status_line(code) for code in range(100, 600)}
 
 
 class EngineState:

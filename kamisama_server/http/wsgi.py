@@ -34,9 +34,10 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from kamisama_server.http.exchange import DEFERRED, ClientDisconnected, Exchange
+from kamisama_server.http.errors import ClientDisconnected
+from kamisama_server.http.exchange import DEFERRED, Exchange
 from kamisama_server.http.wsgi_call import (
     ExcInfo,
     StartResponse,
@@ -54,9 +55,9 @@ __all__ = ["ExcInfo", "StartResponse", "WSGIAdapter", "WSGIApp", "WriteCallable"
 log = logging.getLogger("kamisama.wsgi")
 
 # Seconds the loop's thread waits for a batch of calls before it goes on without it.
-_LEND = 0.005
+_LEND: Final = 0.005
 # A body up to this size (with Content-Length) is read on the loop before the app starts.
-_PRE_READ_MAX = 64 * 1024
+_PRE_READ_MAX: Final = 64 * 1024
 
 StuckReport = Callable[[str], None]
 """Called on the loop with a description once the watchdog gave up on a call."""

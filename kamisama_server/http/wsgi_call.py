@@ -29,14 +29,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from kamisama_server.http.exchange import (
-    Abandoned,
-    ClientDisconnected,
-    Exchange,
-    RequestBodyError,
-)
+from kamisama_server.http.errors import Abandoned, ClientDisconnected, RequestBodyError
+from kamisama_server.http.exchange import Exchange
 from kamisama_server.http.head import Headers
 from kamisama_server.http.ratelimit import limit_repeats
 from kamisama_server.http.state import STATUS_LINES
@@ -67,21 +63,21 @@ class StartResponse(Protocol):
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 # Bytes queued for the loop before the app's thread waits for the client to catch up.
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
+_HIGH_WATER: Final = 256 * 1024
+_LOW_WATER: Final = 64 * 1024
 # Above this a collected body is written chunk by chunk instead of joined.
-_JOIN_MAX = 256 * 1024
+_JOIN_MAX: Final = 256 * 1024
 
-_NO_BODY_STATUS = frozenset((204, 304))
+_NO_BODY_STATUS: Final = frozenset((204, 304))
 
 
 # Apps answer with the same few status lines and header lists again and again:
 # each is checked and encoded once. Bounded, since some carry per-response values.
-_CACHE_MAX = 512
-_STATUS_CODES: dict[str, tuple[int, bytes | None]] = {}
+_CACHE_MAX: Final = 512
+_STATUS_CODES: Final[dict[str, tuple[int, bytes | None]]] = {}
 # CR, LF, NUL and the other control characters (HTAB is allowed in a reason phrase).
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
-_ENCODED: dict[tuple[tuple[str, str], ...], tuple[Headers, int | None]] = {}
+_CONTROL: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+_ENCODED: Final[dict[tuple[tuple[str, str], ...], tuple[Headers, int | None]]] = {}
 
 
 def _parse_status(status: Any) -> tuple[int, bytes | None]:

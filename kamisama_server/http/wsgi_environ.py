@@ -8,7 +8,7 @@ mapping from a header name to its ``HTTP_*`` key is cached.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 from kamisama_server.http.head import PERCENT, RequestHead
@@ -17,9 +17,9 @@ from kamisama_server.version import SERVER_SOFTWARE
 Environ = dict[str, Any]
 
 # Header names are attacker-chosen: bound the cache so it cannot grow without end.
-_KEY_CACHE_MAX = 512
+_KEY_CACHE_MAX: Final = 512
 
-_SPECIAL_KEYS = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+_SPECIAL_KEYS: Final = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
 
 
 def header_key(name: bytes) -> str | None:
