@@ -72,6 +72,33 @@ def test_http10_closes_unless_keep_alive_asked(server: BackgroundServer) -> None
             assert resp.status == 200 and resp.header("connection") == "keep-alive"
 
 
+def test_each_request_gets_its_own_http_version(server: BackgroundServer) -> None:
+    """The engine reads a request's version from its line in the bytes received
+    when it can: a 1.0 request pipelined behind a 1.1 one, and a body that holds
+    the text of a 1.0 request line, must not change which version a request has."""
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\nGET /two HTTP/1.0\r\n\r\n")
+        reader = Reader(sock)
+        first, second = reader.response(), reader.response()
+        assert first.body == b"ok /one" and first.header("connection") is None
+        assert second.body == b"ok /two" and second.header("connection") == "close"
+    fake = b"GET /b HTTP/1.0\r\n\r\n"
+    body = b"abc" + fake
+    with connect(server.port) as sock:
+        # The body's second part likely arrives in a read of its own, which then
+        # begins with the text of a request line: it is still body.
+        head = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+        sock.sendall(head + b"abc")
+        time.sleep(0.05)
+        sock.sendall(fake + b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+        reader = Reader(sock)
+        echoed, after = reader.response(), reader.response()
+        assert echoed.body == body
+        assert after.body == b"ok /b" and after.header("connection") is None
+        sock.sendall(b"GET /c HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert reader.response().body == b"ok /c"
+
+
 def test_non_websocket_upgrade_is_answered_then_closed(server: BackgroundServer) -> None:
     # What follows an upgrade head is not HTTP/1.1 we could parse: answer it, then close.
     raw = b"GET /up HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
