@@ -138,6 +138,19 @@ returns (it sends 500 itself if the handler raised before ``send_head``).
 """
 
 
+class Threaded(abc.ABC):
+    """An ``AppHandler`` whose requests each need one of its app threads (WSGI).
+
+    The engine reads ``capacity`` at each change of its load and stops taking
+    connections while no thread is free, so the kernel hands them to a sibling.
+    """
+
+    @property
+    @abc.abstractmethod
+    def capacity(self) -> int:
+        """Requests it can run at once now."""
+
+
 class Deferred:
     """The type of ``DEFERRED``."""
 

@@ -9,7 +9,7 @@ accepted but not yet attached, and drain must lose none. Stopping is then just
 ``remove_reader``, after which we ``accept()`` what the kernel still holds.
 
 A worker takes a connection off the shared queue only when it should serve it:
-- capacity: a handler with a ``capacity`` (the WSGI adapter: its free app
+- capacity: a ``Threaded`` handler (the WSGI adapter: its ``capacity`` is its free app
   threads) caps the requests in flight; at the cap the worker stops accepting,
   so the kernel's queue hands new connections to an idle sibling. Idle
   keep-alive connections cost no thread and do not count.
@@ -27,11 +27,11 @@ import errno
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final
 
 from .balance import Seat
 from .config import HttpConfig
-from .exchange import AppHandler
+from .exchange import AppHandler, Threaded
 from .protocol import HttpProtocol
 from .state import EngineState, WebSocketSupport, error_log
 
@@ -53,14 +53,6 @@ _FULL: Final = "full"
 _ROOM: Final = "room"
 _OVER_SHARE: Final = "over share"
 _NO_FDS: Final = "out of descriptors"
-
-
-class _Threaded(Protocol):
-    """A handler whose requests need one of its app threads (the WSGI adapter)."""
-
-    @property
-    def capacity(self) -> int:
-        """Requests it can run at once now."""
 
 
 class HttpServer:
@@ -87,9 +79,9 @@ class HttpServer:
         self._last_take = 0.0  # the last connection taken over our share
         self._on_tick_hook = on_tick
         # A handler with app threads (WSGI): its ``capacity`` is read at each change.
-        self._threaded: _Threaded | None = None
-        if hasattr(handler, "capacity"):
-            self._threaded = cast(_Threaded, handler)
+        self._threaded: Threaded | None = None
+        if isinstance(handler, Threaded):
+            self._threaded = handler
             state.load_changed = self._load_changed
             state.claims_enabled = True
         elif seat is not None:

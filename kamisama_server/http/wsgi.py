@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from kamisama_server.http.errors import ClientDisconnected
-from kamisama_server.http.exchange import DEFERRED, Exchange
+from kamisama_server.http.exchange import DEFERRED, Exchange, Threaded
 from kamisama_server.http.wsgi_call import (
     ExcInfo,
     StartResponse,
@@ -63,7 +63,7 @@ StuckReport = Callable[[str], None]
 """Called on the loop with a description once the watchdog gave up on a call."""
 
 
-class WSGIAdapter:
+class WSGIAdapter(Threaded):
     """An ``AppHandler`` serving a WSGI app; one per worker process.
 
     ``threads`` app calls run at once (a pool of that many threads, started on
@@ -87,6 +87,9 @@ class WSGIAdapter:
         # Finished (or newly streaming) calls from the threads, for the loop.
         self._outbox: list[WsgiCall] = []
         self._outbox_lock = threading.Lock()
+        # Guards each call's hand-over fields (WsgiCall.lock): one for all calls, not
+        # one made per request, since every section under it is a few field updates.
+        self.call_lock = threading.Lock()
         self._outbox_wake = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch: list[WsgiCall] = []  # calls of this loop iteration (one thread)

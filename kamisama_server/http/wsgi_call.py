@@ -218,7 +218,7 @@ class WsgiCall:
         self.wake_pending = False
         self.waiter: asyncio.Future[None] | None = None
         self.drained: threading.Event | None = None
-        self.lock = threading.Lock()
+        self.lock = owner.call_lock
         self.app_error: BaseException | None = None
         self.loop_error: BaseException | None = None
         self.file: FileWrapper | None = None
@@ -268,7 +268,10 @@ class WsgiCall:
     def _close(self, app_iter: Any) -> None:
         """Call the iterable's ``close()`` (always), then tell the loop we are done."""
         try:
-            close = getattr(app_iter, "close", None)
+            # A list or tuple has no close(): asking would build and drop an
+            # AttributeError, its message formatted, on every such request.
+            kind = type(app_iter)
+            close = None if kind is list or kind is tuple else getattr(app_iter, "close", None)
             if close is not None:
                 close()
         except BaseException as exc:
