@@ -62,7 +62,6 @@ def _scan_headers(headers: ResponseHeaders) -> _Scanned:
     if found is not None:
         return found
     lines: list[bytes] = []
-    append = lines.append
     length: int | None = None
     close = own_server = own_date = False
     token = _TOKEN.fullmatch
@@ -89,10 +88,10 @@ def _scan_headers(headers: ResponseHeaders) -> _Scanned:
             own_server = True
         elif lname == b"date":
             own_date = True
-        append(name)
-        append(b": ")
-        append(value.strip(b" \t"))  # as gunicorn: `Set-Cookie:  x` goes out as `x`
-        append(b"\r\n")
+        lines.append(name)
+        lines.append(b": ")
+        lines.append(value.strip(b" \t"))  # as gunicorn: `Set-Cookie:  x` goes out as `x`
+        lines.append(b"\r\n")
     found = (b"".join(lines), length, close, own_server, own_date)
     if key is not None:
         if len(_SCANNED) >= _SCANNED_MAX:
@@ -329,24 +328,23 @@ class HttpExchange(Exchange):
         state = proto.state
         fields, length, close, own_server, own_date = _scan_headers(headers)
         parts = [status_line or STATUS_LINES[status], fields]
-        append = parts.append
         head = self.head
         version_10 = head.http_version == "1.0"
         if status in (204, 304) or head.method == "HEAD":
             self._no_body = True
             self._framing = _NONE
             if length is not None and status != 204:
-                append(b"content-length: %d\r\n" % length)
+                parts.append(b"content-length: %d\r\n" % length)
         elif length is not None:
             self._framing = _LENGTH
             self._remaining = length
-            append(b"content-length: %d\r\n" % length)
+            parts.append(b"content-length: %d\r\n" % length)
         elif version_10:
             self._framing = _CLOSE
             close = True
         else:
             self._framing = _CHUNKED
-            append(b"transfer-encoding: chunked\r\n")
+            parts.append(b"transfer-encoding: chunked\r\n")
         if not self._body_done and self._body_error is None:
             # Keep the connection only if what is left of the body is small and coming.
             cl = self.content_length
@@ -355,14 +353,14 @@ class HttpExchange(Exchange):
         keep = self.keep_alive and not close and not state.draining
         self.keep_alive = keep
         if not keep:
-            append(b"connection: close\r\n")
+            parts.append(b"connection: close\r\n")
         elif version_10:
-            append(b"connection: keep-alive\r\n")
+            parts.append(b"connection: keep-alive\r\n")
         if not own_server:
-            append(state.server_line)
+            parts.append(state.server_line)
         if not own_date:
-            append(state.date_line)
-        append(b"\r\n")
+            parts.append(state.date_line)
+        parts.append(b"\r\n")
         return b"".join(parts)
 
     def _flush_head(self) -> None:
