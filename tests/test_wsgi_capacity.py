@@ -147,7 +147,13 @@ def test_killing_a_worker_fails_only_the_requests_its_app_had_started(
     )
     assert not result.connect_errors, result.connect_errors
     assert len(result.lost_ids) == len(result.lost), result.lost
-    assert never_started == [], f"failed but never started by the killed app: {result.lost}"
+    # One at most may be a request the victim had taken but its app not yet started:
+    # the kill can land in the instant between the two (gunicorn's sync worker has
+    # the same instant). With its one app thread it takes a connection only when
+    # that thread is free, so there is never more than one such; before capacity-
+    # aware accepting a typical run lost 6 here. (Asking for none failed, rarely,
+    # in full suites: on a busy machine that instant lasts longer.)
+    assert len(never_started) <= 1, f"failed but never started by the killed app: {result.lost}"
     assert server.stop() == 0, server.output()
 
 
