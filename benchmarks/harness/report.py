@@ -456,7 +456,8 @@ def _sqlite_targets(
         ),
         (
             wanted[1] + versus,
-            f"{fmt(us_p99, 2)} vs {fmt(ref_p99, 2)} ms",
+            f"{fmt(us_p99, 2)} vs {fmt(ref_p99, 2)} ms (slowest request, median over rounds: "
+            f"{fmt(_get(us, 'max_ms'), 1)} vs {fmt(_get(ref, 'max_ms'), 1)} ms)",
             _verdict(None if us_p99 is None or ref_p99 is None else us_p99 <= ref_p99),
         ),
     ]

@@ -42,6 +42,7 @@ THROUGHPUT_FIELDS = (
     "rps",
     "p50_ms",
     "p99_ms",
+    "max_ms",
     "cpu_us_per_req",
     "other_cores",
     "socket_errors",

@@ -251,6 +251,7 @@ class Bench:
                 "rps": res.rps,
                 "p50_ms": res.p50_ms,
                 "p99_ms": res.p99_ms,
+                "max_ms": res.max_ms,
                 "requests": res.requests,
                 "socket_errors": res.socket_errors,
                 "non_2xx": res.non_2xx,

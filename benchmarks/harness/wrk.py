@@ -21,6 +21,7 @@ class WrkResult:
     rps: float
     p50_ms: float
     p99_ms: float
+    max_ms: float  # the slowest request: with p99, tells a steady tail from a few stalls
     socket_errors: int
     non_2xx: int
     wrk_cpu_s: float
@@ -33,13 +34,16 @@ def _latency_ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def parse(output: str) -> tuple[int, float, float, float, float, int, int]:
-    """(requests, seconds, rps, p50 ms, p99 ms, socket errors, non-2xx) from `wrk --latency`."""
+def parse(output: str) -> tuple[int, float, float, float, float, float, int, int]:
+    """From `wrk --latency`: (requests, seconds, rps, p50 ms, p99 ms, max ms, socket
+    errors, non-2xx)."""
     done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", output)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
-    if not (done and rps and p50 and p99):
+    # "    Latency   1.23ms  456.00us  12.34ms   89.01%": average, stdev, max, within one stdev.
+    slowest = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", output, re.M)
+    if not (done and rps and p50 and p99 and slowest):
         raise ValueError("wrk output not understood:\n" + output[-800:])
     errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
@@ -52,6 +56,7 @@ def parse(output: str) -> tuple[int, float, float, float, float, int, int]:
         float(rps.group(1)),
         _latency_ms(p50.group(1)),
         _latency_ms(p99.group(1)),
+        _latency_ms(slowest.group(1)),
         sum(int(g) for g in errors.groups()) if errors else 0,
         int(non_2xx.group(1)) if non_2xx else 0,
     )
@@ -83,9 +88,9 @@ def run(port: int, path: str, seconds: int, threads: int, connections: int) -> W
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()[-400:]}")
-    requests, secs, rps, p50, p99, errors, non_2xx = parse(done.stdout)
+    requests, secs, rps, p50, p99, slowest, errors, non_2xx = parse(done.stdout)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return WrkResult(requests, secs, rps, p50, p99, errors, non_2xx, cpu)
+    return WrkResult(requests, secs, rps, p50, p99, slowest, errors, non_2xx, cpu)
 
 
 def self_cpu_seconds() -> float:
