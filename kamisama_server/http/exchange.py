@@ -3,8 +3,9 @@
 One ``Exchange`` is one request and its response on one connection. The engine
 (``kamisama_server.http.protocol``) creates it once the request head is parsed
 and valid, and hands it to an adapter. Adapters never touch sockets or the
-parser: everything they need is here, so both interfaces obey the same limits,
-keep-alive, pipelining and drain rules.
+parser: everything they need is here (the request head in ``head.py``, the
+errors in ``errors.py``), so both interfaces obey the same limits, keep-alive,
+pipelining and drain rules.
 
 All methods are coroutines on the worker's event loop. A WSGI adapter running
 the app in a thread reaches them with ``asyncio.run_coroutine_threadsafe``.

@@ -1,10 +1,9 @@
-"""The parsed request head, in a module of its own so that the compiled build compiles it.
+"""The parsed request head, and what both adapters look for in its path.
 
 Every request reads its fields about ten times (the environ or the scope, the
-exchange, the access log). As a native class of the compiled build each read
-is a struct access; as a dataclass in ``exchange.py`` (which mypyc cannot
-compile: its exceptions subclass ``OSError``) each was a generic attribute
-lookup through the type. Import both names from here.
+exchange, the access log). As a plain class with slots, compiled, each read is
+a struct access (as a dataclass each was a generic attribute lookup through
+the type). Import these names from here.
 """
 
 from __future__ import annotations

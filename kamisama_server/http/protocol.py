@@ -438,8 +438,9 @@ class HttpProtocol(asyncio.Protocol):
         config = self.config
         raw_method = parser.get_method()
         url = self._url
-        line_end = self._find_request_line(raw_method, url)
-        version = self._version_at(line_end, raw_method, url) or parser.get_http_version()
+        line = b"%b %b HTTP/" % (raw_method, url)
+        line_end = self._find_request_line(line)
+        version = self._version_at(line_end, line) or parser.get_http_version()
         if version != "1.1" and version != "1.0":
             if version == "0.9":
                 raise _Reject(400, "HTTP/0.9 is not supported")
@@ -475,7 +476,7 @@ class HttpProtocol(asyncio.Protocol):
             path, query = parsed.path or b"/", parsed.query or b""
             _use_target_host(self._headers, parsed.host, parsed.port)
         if line_end < 0:
-            self._check_line_tail(raw_method, url)
+            self._check_line_tail(line)
         headers = self._headers
         client, scheme = self.client, self.scheme
         if self._forwarded:
@@ -516,15 +517,14 @@ class HttpProtocol(asyncio.Protocol):
             if len(self.pipeline) >= config.pipeline_depth:
                 self.update_reading()
 
-    def _find_request_line(self, method: bytes, url: bytes) -> int:
-        """Where the version of this request's line begins in the feed; -1: not in it.
+    def _find_request_line(self, line: bytes) -> int:
+        """Where the version after ``line`` (``b"GET / HTTP/"``) begins in the feed; -1: not in it.
 
         The request line must have one space, exactly, between method, target and
         version (RFC 9112 3). llhttp skips extra spaces and gives no byte
         positions, so the line it parsed is looked for in what was fed; not found
         there, ``_check_line_tail`` decides. h11 refuses extra spaces itself.
         """
-        line = b"%b %b HTTP/" % (method, url)
         feed, pos = self._feed, self._feed_pos
         # Usually the line starts right where the search would: a slice compare is
         # cheaper than bytes.find (a method call) then.
@@ -537,7 +537,7 @@ class HttpProtocol(asyncio.Protocol):
         self._feed_pos = found + len(line)
         return self._feed_pos
 
-    def _version_at(self, line_end: int, method: bytes, url: bytes) -> str | None:
+    def _version_at(self, line_end: int, line: bytes) -> str | None:
         """The HTTP version written at ``line_end`` of the feed, if 1.1 or 1.0.
 
         Cheaper than the parser's ``get_http_version`` (a ``str.format`` per
@@ -545,7 +545,7 @@ class HttpProtocol(asyncio.Protocol):
         two messages: anywhere else the bytes found could be a request line
         inside the previous request's body.
         """
-        if not self._fed_between or line_end != len(method) + len(url) + 7:
+        if not self._fed_between or line_end != len(line):  # found at the feed's start
             return None
         version = self._feed[line_end : line_end + 3]
         if version == b"1.1":
@@ -554,14 +554,13 @@ class HttpProtocol(asyncio.Protocol):
             return "1.0"
         return None
 
-    def _check_line_tail(self, method: bytes, url: bytes) -> None:
+    def _check_line_tail(self, line: bytes) -> None:
         """The request line was not in this feed: look in the kept tail of the last one.
 
         A head that began in an earlier feed has its line in that feed's kept
         tail; not found there means extra spaces (400). A head whose line is
         further back than the tail goes unchecked.
         """
-        line = b"%b %b HTTP/" % (method, url)
         feed = self._feed
         tail, self._line_tail = self._line_tail, None
         if tail is None or (len(tail) > len(line) and (tail + feed).find(line) < 0):
