@@ -15,8 +15,9 @@ A worker takes a connection off the shared queue only when it should serve it:
   keep-alive connections cost no thread and do not count.
 - share: with a ``Seat`` on the ``LoadBoard``, a worker holding more than its
   share of the accepting workers' connections leaves new ones to them, and
-  looks again shortly; if nobody took them within ``_SHARE_GRACE`` (the
-  others are busy), it takes them after all.
+  looks again shortly; a burst still queued after ``_QUEUE_AFTER`` counts in
+  the share (each worker then takes its part of it at once); if nobody took
+  them within ``_SHARE_GRACE`` (the others are busy), it takes them after all.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from .balance import Seat
+from .balance import Seat, accept_queue_length, queue_reader
 from .config import HttpConfig
 from .exchange import AppHandler, Threaded
 from .protocol import HttpProtocol
@@ -44,6 +45,7 @@ _SHARE_RECHECK: Final = 0.002  # seconds between looks at the queue while over i
 _SHARE_PACE: Final = 0.01
 _SHARE_GRACE: Final = 1.0  # over its share this long with the queue still full: take them, one
 # per recheck (the others may just be short of CPU; a stuck one drops off the board)
+_QUEUE_AFTER: Final = 0.01  # deferring this long with a burst still queued: count the queue
 _FULL_RECHECK: Final = 0.01  # at capacity, with requests queued inside or a --limit-concurrency:
 _FULL_GRACE: Final = 0.05  # what nobody took within this is taken (to queue it fairly, or 503)
 
@@ -70,6 +72,8 @@ class HttpServer:
         self.config = config or HttpConfig()
         state = self.state = EngineState(handler, self.config, websocket)
         self._sockets: list[socket.socket] = []
+        # Listening sockets whose accept queue's length can be read (see within_share).
+        self._queue_known: set[int] = set()
         self._accepting = False  # the readers are registered
         self._paused: str | None = None  # why accepting stopped while serving
         self._serving = False  # between start() and drain(): we want connections
@@ -134,6 +138,8 @@ class HttpServer:
         for sock in sockets:
             sock.setblocking(False)
             self._sockets.append(sock)
+            if self._seat is not None and queue_reader(sock):
+                self._queue_known.add(sock.fileno())
             loop.add_reader(sock.fileno(), self._on_readable, sock)
         self._publish()
 
@@ -210,25 +216,29 @@ class HttpServer:
         self._accept(sock, _ACCEPT_BATCH, gated=True)
 
     def _accept(self, sock: socket.socket, limit: int, gated: bool = False) -> None:
+        taken = 0
         for _ in range(limit):
-            if gated and not self._may_accept():
-                return
+            if gated and not self._may_accept(sock):
+                break
             try:
                 conn, _addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 self._over_seen = 0.0  # the queue is empty: any spell of deferring is over
-                return
+                break
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     error_log.error("accept failed (%s); pausing for %.1fs", exc, _ACCEPT_PAUSE)
                     self._pause(_NO_FDS, _ACCEPT_PAUSE)
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     error_log.warning("accept failed: %s", exc)
-                return
+                break
             conn.setblocking(False)
             task = asyncio.ensure_future(self._adopt(conn))
             self._adopting.add(task)
             task.add_done_callback(self._adoption_done)
+            taken += 1
+        if taken:
+            self._publish()  # the siblings weigh their share by what we hold now
 
     def _adoption_done(self, task: asyncio.Task[None]) -> None:
         """An accepted socket has its protocol (or failed): it no longer counts as load
@@ -239,7 +249,7 @@ class HttpServer:
         if load_changed is not None:
             load_changed()
 
-    def _may_accept(self) -> bool:
+    def _may_accept(self, sock: socket.socket) -> bool:
         """Should this worker take the next queued connection now? (Else it pauses.)"""
         state = self.state
         threaded = self._threaded
@@ -264,7 +274,15 @@ class HttpServer:
         if seat is None:
             return True
         held = len(state.connections) + len(self._adopting)
-        if seat.within_share(held, _SHARE_SLACK):
+        queued = 0
+        if self._deferring_for() >= _QUEUE_AFTER and sock.fileno() in self._queue_known:
+            # A burst outlasted the first looks (each worker may lead the others by
+            # _SHARE_SLACK only, so 64 connections went 2-3 per look, the last ones
+            # 40-80 ms late): now take this worker's part of what is still queued.
+            # Not at once: a sibling without a core at the burst's start would lose
+            # its part (4 workers on 2 cores: 22/17/0/26).
+            queued = accept_queue_length(sock)
+        if seat.within_share(held, _SHARE_SLACK, queued):
             return True
         return self._defer(
             _OVER_SHARE, _SHARE_RECHECK, _SHARE_GRACE, one_by_one=True, pace=_SHARE_PACE
@@ -288,6 +306,15 @@ class HttpServer:
             return True
         self._pause(why, recheck)
         return False
+
+    def _deferring_for(self) -> float:
+        """Seconds this spell of leaving the queue to siblings has lasted (0: none now)."""
+        loop = self.state.loop
+        assert loop is not None
+        now = loop.time()
+        if now - self._over_seen > 2 * _SHARE_RECHECK + 0.01:
+            return 0.0
+        return now - self._over_since
 
     def _load(self) -> int:
         """Requests in flight, plus new connections whose first request is on its way."""
@@ -320,7 +347,8 @@ class HttpServer:
         if seat is not None:
             state = self.state
             full = not self._has_room()
-            seat.publish(len(state.connections), self._serving, full, state.total_requests)
+            held = len(state.connections) + len(self._adopting)
+            seat.publish(held, self._serving, full, state.total_requests)
 
     async def _adopt(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
