@@ -249,6 +249,8 @@ def test_a_pool_that_connects_at_full_speed_is_spread_and_served_at_once(
         assert set(held) <= set(workers), report[-1]
         fair = CONNECTIONS / len(workers)
         assert all(LOW * fair <= share <= HIGH * fair for share in shares), report
-        assert slowest < 0.9, report  # was 1.5 s (the 1 s grace); now 0.1-0.5 s
+        # Was 1.5 s (the 1 s grace), then 0.15-0.5 s; 70-90 ms here since a burst's
+        # queue counts in the share (balance.py). The bound is for a busy CI machine.
+        assert slowest < 0.9, report
     print("\n" + "\n".join(report))
     assert server.stop() == 0, server.output()
