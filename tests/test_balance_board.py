@@ -76,3 +76,20 @@ def test_a_socket_whose_queue_cannot_be_read_is_known_as_such(tmp_path: Path) ->
         listener.bind(str(tmp_path / "s"))
         listener.listen(4)
         assert not queue_reader(listener)
+
+
+def test_a_full_worker_keeps_its_part_of_a_queued_burst() -> None:
+    """Full a moment (a new connection whose request has not come): its part stays queued."""
+    board = LoadBoard(slots=3)
+    mine, taking, full = board.claim(1), board.claim(2), board.claim(3)
+    assert mine is not None and taking is not None and full is not None
+    taking.publish(connections=0, accepting=True, full=False)
+    full.publish(connections=0, accepting=True, full=True)
+    time.sleep(FULL_FOR * 2)
+    full.publish(connections=0, accepting=True, full=True)  # full since before FULL_FOR
+    taken = 0
+    while taken < 60 and mine.within_share(taken, 1, queued=60 - taken):
+        taken += 1
+    # Its part of 60 among three, plus the slack (and one more, as any take): the full
+    # one's part is left to it, though by the mean rule it takes nothing now.
+    assert taken == 22

@@ -24,7 +24,7 @@ import os
 import socket
 import struct
 import time
-from typing import Final
+from typing import Final, NamedTuple
 
 from kamisama_server.pids import pid_alive
 
@@ -71,6 +71,19 @@ def accept_queue_length(sock: socket.socket) -> int:
     return queued
 
 
+class Others(NamedTuple):
+    """The other workers on the board, as the share rule weighs them."""
+
+    taking: int
+    """Accepting now: not full for a while (an app that blocks), loop not stuck."""
+    taking_held: int
+    """Their open connections."""
+    alive: int
+    """Accepting, loop not stuck, full or not."""
+    alive_held: int
+    """Their open connections."""
+
+
 class LoadBoard:
     """The shared figures: one seat per worker process (pid, accepting, connections)."""
 
@@ -100,24 +113,27 @@ class LoadBoard:
                 return Seat(self, base)
         return None
 
-    def others(self, own: int) -> tuple[int, int]:
-        """(workers accepting now, their open connections), not counting seat ``own``."""
+    def others(self, own: int) -> Others:
+        """What the workers other than seat ``own`` hold, for the share rule."""
         used = self._words[0]
         figures = self._words[1 : 1 + used * _FIELDS].tolist()
-        workers = connections = 0
+        taking = taking_held = alive = alive_held = 0
         now = time.monotonic()
         full_before = int((now - FULL_FOR) * 1e6)
         silent_before = int((now - SILENT_FOR) * 1e6)
         for base in range(0, used * _FIELDS, _FIELDS):
             if figures[base + _ACCEPTING] and base + 1 != own and figures[base + _PID]:
+                if figures[base + _BEAT] < silent_before:
+                    continue  # its loop is stuck: it takes nothing now
+                held = figures[base + _CONNECTIONS]
+                alive += 1
+                alive_held += held
                 full_since = figures[base + _FULL_SINCE]
                 if full_since and full_since < full_before:
                     continue  # busy for a while: it takes nothing now
-                if figures[base + _BEAT] < silent_before:
-                    continue  # its loop is stuck: it takes nothing now
-                workers += 1
-                connections += figures[base + _CONNECTIONS]
-        return workers, connections
+                taking += 1
+                taking_held += held
+        return Others(taking, taking_held, alive, alive_held)
 
     def sibling_has_room(self, own: int) -> bool:
         """Does a worker other than seat ``own`` accept now with an app thread free?"""
@@ -211,20 +227,33 @@ class Seat:
     def within_share(self, connections: int, slack: int, queued: int = 0) -> bool:
         """May a worker holding ``connections`` take one more?
 
-        Yes while it holds no more than its part of what the accepting workers
-        (itself included) hold and what the kernel still ``queued``, plus
-        ``slack``: the slack keeps a lone connection from waiting for a sibling
-        to wake, the part keeps a burst spread. Counting the queue lets each
-        worker take its whole part of a burst in one look; without it (no
-        queue length to read) a worker could lead its siblings by ``slack``
-        only, and 64 connections opened at once were accepted 2-3 at a time,
-        the last ones 40-80 ms late.
+        Yes while it holds no more than the mean of the workers taking
+        connections now (itself included) plus ``slack``: the slack keeps a lone
+        connection from waiting for a sibling to wake, the mean keeps a burst
+        spread. Or, given what the kernel still ``queued``, while it holds no
+        more than its part of that and of what every accepting worker holds,
+        plus ``slack``: so each worker takes its whole part of a burst in one
+        look. By the mean alone a worker leads its siblings by ``slack`` only,
+        and 64 connections opened at once went 2-3 per look, the last ones
+        40-80 ms late.
         """
-        workers, others = self.board.others(self._base)
+        others = self.board.others(self._base)
+        workers = others.taking
         if workers == 0:
             return True
-        total = others + connections + queued
-        return connections * (workers + 1) <= total + slack * (workers + 1)
+        mean_share = others.taking_held + connections + slack * (workers + 1)
+        if connections * (workers + 1) <= mean_share:
+            return True
+        if not queued:
+            return False
+        # The queue is split among every worker that accepts, a full one too: one
+        # that is only full for a moment (a connection whose first request has not
+        # come yet) would otherwise see its part taken by the others at once
+        # (seen: 18/19/23/4). For one whose app blocks, the mean above still lets
+        # the others take its part, a few per look.
+        everyone = others.alive + 1
+        part = others.alive_held + connections + queued + slack * everyone
+        return connections * everyone <= part
 
     def beat(self, accepting: bool | None = None) -> None:
         """The worker's loop still turns (called a few times a second); ``accepting``

@@ -275,12 +275,20 @@ class HttpServer:
             return True
         held = len(state.connections) + len(self._adopting)
         queued = 0
-        if self._deferring_for() >= _QUEUE_AFTER and sock.fileno() in self._queue_known:
-            # A burst outlasted the first looks (each worker may lead the others by
-            # _SHARE_SLACK only, so 64 connections went 2-3 per look, the last ones
-            # 40-80 ms late): now take this worker's part of what is still queued.
-            # Not at once: a sibling without a core at the burst's start would lose
-            # its part (4 workers on 2 cores: 22/17/0/26).
+        if (
+            state.inflight
+            and self._deferring_for() >= _QUEUE_AFTER
+            and sock.fileno() in self._queue_known
+        ):
+            # A burst outlasted the first looks while this worker serves requests
+            # (each look 2-5 ms apart behind the app's work, and each worker may
+            # lead the others by _SHARE_SLACK only: 64 connections went 2-6 per
+            # look, the last ones 40-80 ms late): take this worker's part of what
+            # is still queued. Not at once: a sibling without a core at the burst's
+            # start would lose its part (4 workers on 2 cores: 22/17/0/26). Not
+            # while idle: looks are quick then, and the balance of 4-5 idle
+            # workers on 2 cores suffered (a worker's part went to the others
+            # 1 run in 10).
             queued = accept_queue_length(sock)
         if seat.within_share(held, _SHARE_SLACK, queued):
             return True
