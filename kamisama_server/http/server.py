@@ -216,29 +216,25 @@ class HttpServer:
         self._accept(sock, _ACCEPT_BATCH, gated=True)
 
     def _accept(self, sock: socket.socket, limit: int, gated: bool = False) -> None:
-        taken = 0
         for _ in range(limit):
             if gated and not self._may_accept(sock):
-                break
+                return
             try:
                 conn, _addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 self._over_seen = 0.0  # the queue is empty: any spell of deferring is over
-                break
+                return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     error_log.error("accept failed (%s); pausing for %.1fs", exc, _ACCEPT_PAUSE)
                     self._pause(_NO_FDS, _ACCEPT_PAUSE)
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     error_log.warning("accept failed: %s", exc)
-                break
+                return
             conn.setblocking(False)
             task = asyncio.ensure_future(self._adopt(conn))
             self._adopting.add(task)
             task.add_done_callback(self._adoption_done)
-            taken += 1
-        if taken:
-            self._publish()  # the siblings weigh their share by what we hold now
 
     def _adoption_done(self, task: asyncio.Task[None]) -> None:
         """An accepted socket has its protocol (or failed): it no longer counts as load
@@ -355,8 +351,7 @@ class HttpServer:
         if seat is not None:
             state = self.state
             full = not self._has_room()
-            held = len(state.connections) + len(self._adopting)
-            seat.publish(held, self._serving, full, state.total_requests)
+            seat.publish(len(state.connections), self._serving, full, state.total_requests)
 
     async def _adopt(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
