@@ -6,8 +6,8 @@ balancer's or a client pool's) then lands mostly on one worker and stays there
 for the life of those connections. So before each ``accept()`` a worker looks
 at the board: if it already holds more than its share of the connections of
 the workers that are accepting now, it leaves the connection to them. A burst
-that outlasts the first looks is split by what the kernel still queues too
-(``accept_queue_length``, Linux), so each worker takes its part at once.
+that outlasts the first looks of busy workers is split by what the kernel
+still queues too (``accept_queue_length``, Linux), so each takes its part at once.
 
 The board is an anonymous shared ``mmap`` made in the master before any fork,
 so every worker, respawned or added later, sees the same memory. Each worker

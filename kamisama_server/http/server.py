@@ -277,14 +277,9 @@ class HttpServer:
             and sock.fileno() in self._queue_known
         ):
             # A burst outlasted the first looks while this worker serves requests
-            # (each look 2-5 ms apart behind the app's work, and each worker may
-            # lead the others by _SHARE_SLACK only: 64 connections went 2-6 per
-            # look, the last ones 40-80 ms late): take this worker's part of what
-            # is still queued. Not at once: a sibling without a core at the burst's
-            # start would lose its part (4 workers on 2 cores: 22/17/0/26). Not
-            # while idle: looks are quick then, and the balance of 4-5 idle
-            # workers on 2 cores suffered (a worker's part went to the others
-            # 1 run in 10).
+            # (looks 2-5 ms apart, each taking a few): take its part of what is
+            # still queued. Not at once, nor while idle: a sibling that had no core
+            # yet would lose its part (PERFORMANCE.md, "Session 7").
             queued = accept_queue_length(sock)
         if seat.within_share(held, _SHARE_SLACK, queued):
             return True
@@ -300,7 +295,7 @@ class HttpServer:
         loop = self.state.loop
         assert loop is not None
         now = loop.time()
-        if now - self._over_seen > 2 * recheck + 0.01:
+        if not self._in_spell(now, recheck):
             self._over_since = now  # a new spell of deferring
         self._over_seen = now
         if now - self._over_since >= grace and (not one_by_one or now - self._last_take >= recheck):
@@ -316,9 +311,11 @@ class HttpServer:
         loop = self.state.loop
         assert loop is not None
         now = loop.time()
-        if now - self._over_seen > 2 * _SHARE_RECHECK + 0.01:
-            return 0.0
-        return now - self._over_since
+        return now - self._over_since if self._in_spell(now, _SHARE_RECHECK) else 0.0
+
+    def _in_spell(self, now: float, recheck: float) -> bool:
+        """Did we defer recently enough (rechecking every ``recheck`` s) to still be in a spell?"""
+        return now - self._over_seen <= 2 * recheck + 0.01
 
     def _load(self) -> int:
         """Requests in flight, plus new connections whose first request is on its way."""
