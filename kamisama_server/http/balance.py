@@ -84,6 +84,11 @@ class Others(NamedTuple):
     """Their open connections."""
 
 
+def _within_part(connections: int, workers: int, total: int, slack: int) -> bool:
+    """Is ``connections`` at most one of ``workers`` equal parts of ``total``, plus ``slack``?"""
+    return connections * workers <= total + slack * workers
+
+
 class LoadBoard:
     """The shared figures: one seat per worker process (pid, accepting, connections)."""
 
@@ -238,11 +243,9 @@ class Seat:
         40-80 ms late.
         """
         others = self.board.others(self._base)
-        workers = others.taking
-        if workers == 0:
+        if others.taking == 0:
             return True
-        mean_share = others.taking_held + connections + slack * (workers + 1)
-        if connections * (workers + 1) <= mean_share:
+        if _within_part(connections, others.taking + 1, others.taking_held + connections, slack):
             return True
         if not queued:
             return False
@@ -251,9 +254,8 @@ class Seat:
         # come yet) would otherwise see its part taken by the others at once
         # (seen: 18/19/23/4). For one whose app blocks, the mean above still lets
         # the others take its part, a few per look.
-        everyone = others.alive + 1
-        part = others.alive_held + connections + queued + slack * everyone
-        return connections * everyone <= part
+        total = others.alive_held + connections + queued
+        return _within_part(connections, others.alive + 1, total, slack)
 
     def beat(self, accepting: bool | None = None) -> None:
         """The worker's loop still turns (called a few times a second); ``accepting``
