@@ -12,13 +12,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from kamisama_server.options import KamisamaOptions
     from kamisama_server.supervisor import kamisama
-    from kamisama_server.worker import ready, request_replacement, worker_id
+    from kamisama_server.worker import draining, ready, request_replacement, worker_id
 
-__all__ = ["KamisamaOptions", "kamisama", "ready", "request_replacement", "worker_id"]
+__all__ = [
+    "KamisamaOptions",
+    "draining",
+    "kamisama",
+    "ready",
+    "request_replacement",
+    "worker_id",
+]
 
 _HOMES = {
     "KamisamaOptions": "kamisama_server.options",
     "kamisama": "kamisama_server.supervisor",
+    "draining": "kamisama_server.worker",
     "ready": "kamisama_server.worker",
     "request_replacement": "kamisama_server.worker",
     "worker_id": "kamisama_server.worker",

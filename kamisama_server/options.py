@@ -92,6 +92,11 @@ class KamisamaOptions:
     """Called in the master with ``"begin"`` and ``"done"`` around each rolling
     restart (SIGUSR1, ``Supervisor.restart``, or a worker's replacement)."""
 
+    announces_draining: bool = False
+    """If true, each worker calls ``kamisama_server.draining()`` once it takes no new
+    work after a stop signal; a rolling restart then says "done" only when every
+    predecessor has (or has exited), so work taken after "done" is the successors'."""
+
     heartbeat_timeout: float | None = None
     """For an async ``run``: its event loop beats to the master; a ready worker
     whose loop has not beaten for this many seconds (stuck in CPU-bound code) has
@@ -150,7 +155,7 @@ def resolve_options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> KamisamaOp
     given["shutdown_delay"] = _check_timeout(given.get("shutdown_delay", 0.0))
     if given.get("heartbeat_timeout") is not None:
         given["heartbeat_timeout"] = _check_timeout(given["heartbeat_timeout"]) or None
-    for flag in ("manual_ready", "fail_fast"):
+    for flag in ("manual_ready", "fail_fast", "announces_draining"):
         if flag in given and not isinstance(given[flag], bool):
             raise TypeError(f"{flag} must be a bool, not {type(given[flag]).__name__}")
     return KamisamaOptions(**given)

@@ -46,7 +46,14 @@ from kamisama_server.reload import (
 from kamisama_server.signals import RESTART_SIGNAL
 from kamisama_server.sockets import BindError, Listeners, bind_listeners
 from kamisama_server.supervisor import Supervisor, check_platform
-from kamisama_server.worker import log, ready, report_failure, request_replacement, worker_id
+from kamisama_server.worker import (
+    draining,
+    log,
+    ready,
+    report_failure,
+    request_replacement,
+    worker_id,
+)
 
 REPLACED_SIGNAL = RESTART_SIGNAL.name if RESTART_SIGNAL else "SIGUSR1"
 """What a worker retired by a rolling restart (or a replacement) is stopped with."""
@@ -300,9 +307,9 @@ class ServerWorkers:
         state = self.state
         state.stopping = True
         servers = [server for server in (state.server, *state.adopted.values()) if server]
-        draining = {id(sock) for server in servers for sock in server.sockets}
+        served = {id(sock) for server in servers for sock in server.sockets}
         for listener in self.listeners.all():
-            if id(listener.sock) not in draining:
+            if id(listener.sock) not in served:
                 listener.sock.close()  # the master closed its copy too: no new queue here
         try:
             # No drain timeout of our own: the master enforces --timeout, so a request
@@ -313,9 +320,10 @@ class ServerWorkers:
             # next request answered with close, rather than race a close of ours.
             replaced = signal_name == REPLACED_SIGNAL
             grace = min(self.config.keep_alive, self.config.timeout / 2) if replaced else None
-            await asyncio.gather(
-                *(s.drain(None, close_sockets=True, idle_grace=grace) for s in servers)
-            )
+            for server in servers:
+                server.stop_taking_work(close_sockets=True, idle_grace=grace)
+            draining()  # a rolling restart's "done" waits for this line
+            await asyncio.gather(*(server.drain() for server in servers))
             if state.asgi is not None:
                 await state.asgi.shutdown()
             if state.wsgi is not None:
@@ -460,6 +468,7 @@ def serve(config: ServeConfig) -> int:
         workers=config.workers,
         timeout=config.timeout,
         manual_ready=True,
+        announces_draining=True,
         fail_fast=True,
         on_ready=announce,
         before_fork=listeners.add_slot,

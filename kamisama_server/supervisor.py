@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from kamisama_server import worker as worker_side
@@ -103,6 +103,7 @@ class _Process:
     inbox: bytes = b""
     last_beat: float | None = None  # its event loop's last heartbeat (heartbeat_timeout)
     being_replaced: bool = False  # asked for, or given, a successor
+    draining: bool = False  # said it takes no new work (announces_draining)
     loop_stuck: float | None = None  # when its heartbeat was found stopped (its stack dumped)
     failure: str | None = None  # why it cannot start, as the worker said (``failed ...``)
     failure_detail: str = ""  # and its traceback, if any
@@ -117,6 +118,7 @@ class _RollingRestart:
     whole: bool = True  # every worker (told to on_rolling_restart), not one replacement
     current: _Process | None = None
     old_pid: int | None = None  # the worker ``current`` replaces
+    retired: list[int] = field(default_factory=list)  # pids told to stop so far
 
 
 class Supervisor:
@@ -220,6 +222,8 @@ class Supervisor:
                 continue
             if line == b"beat":
                 process.last_beat = time.monotonic()
+            elif line == b"draining":
+                process.draining = True
             elif line.startswith(b"replace "):
                 self._replace(process, line[8:].decode("utf-8", "replace"))
             elif line.startswith(b"failed "):
@@ -661,6 +665,8 @@ class Supervisor:
                 )
             elif old is not None:
                 self._stop_process(old, rolling.signal_name, deadline)
+            if old is not None:
+                rolling.retired.append(old.pid)
             rolling.current = None
         while rolling.queue:
             wid = rolling.queue.pop(0)
@@ -676,6 +682,8 @@ class Supervisor:
             rolling.current = fresh
             rolling.old_pid = old.pid
             return
+        if any(self._takes_work(pid) for pid in rolling.retired):
+            return  # the loop looks again when its "draining" line comes, or it exits
         log("rolling restart done")
         self._tell_rolling("done")
         self.rolling = None
@@ -683,6 +691,14 @@ class Supervisor:
             reason, name = self.restart_after
             self.restart_after = None
             self.restart(reason, name)
+
+    def _takes_work(self, pid: int) -> bool:
+        """Whether a retired worker may still take new work: only one announcing its
+        drain says so (``announces_draining``); killed, it is as good as gone."""
+        process = self.processes.get(pid)
+        if process is None or process.killed or not self.options.announces_draining:
+            return False
+        return not process.draining
 
 
 def kamisama(*args: Any, **kwargs: Any) -> int:

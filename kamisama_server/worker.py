@@ -46,6 +46,7 @@ _current_id: int | None = None
 _channel: socket.socket | None = None
 _ready_lock = threading.Lock()
 _ready_sent = False
+_draining_sent = False
 
 _MASTER_ONLY_SIGNALS = tuple(
     sig for sig in (RESTART_SIGNAL, SCALE_UP_SIGNAL, SCALE_DOWN_SIGNAL) if sig is not None
@@ -73,6 +74,22 @@ def ready() -> None:
         _ready_sent = True
         with contextlib.suppress(OSError):
             _channel.sendall(b"ready\n")
+
+
+def draining() -> None:
+    """Tell the master this worker takes no new work any more (e.g. its listeners
+    are closed), though it may still finish what it has.
+
+    Needed only with ``announces_draining=True``: a rolling restart then says
+    "done" only once every predecessor has sent it (or exited). Idempotent.
+    """
+    global _draining_sent
+    with _ready_lock:
+        if _channel is None or _draining_sent:
+            return
+        _draining_sent = True
+        with contextlib.suppress(OSError):
+            _channel.sendall(b"draining\n")
 
 
 def request_replacement(reason: str) -> None:
@@ -408,8 +425,8 @@ class Worker:
 
 def worker_main(wid: int, channel: socket.socket, options: KamisamaOptions) -> int:
     """Entry point in a freshly forked worker; returns its exit code."""
-    global _current_id, _channel, _ready_sent
+    global _current_id, _channel, _ready_sent, _draining_sent
     _current_id = wid
     _channel = channel
-    _ready_sent = False
+    _ready_sent = _draining_sent = False
     return Worker(wid, channel, options).main()

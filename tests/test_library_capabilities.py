@@ -399,6 +399,68 @@ sys.exit(supervisor.run())
     assert sorted(hooks(master.out)) == [(w, s) for w in (1, 2) for s in ("SIGTERM", "SIGUSR2")]
 
 
+def test_rolling_restart_says_done_only_once_every_predecessor_announced_its_drain(script):
+    """With ``announces_draining``, "done" means the predecessors take no new work:
+    the line comes after each one's ``draining()``, however late its hook calls it."""
+    master = script(
+        PRELUDE
+        + """
+from kamisama_server import draining
+
+def run(id):
+    print(f"pid {id} {os.getpid()}")
+
+def shutdown(id, signal):
+    time.sleep(0.5)  # a drain that takes a moment to stop taking work
+    print(f"draining {os.getpid()}")
+    draining()
+    draining()  # idempotent
+
+def phase(name):
+    print(f"restart {name}")
+
+sys.exit(kamisama(workers=2, run=run, shutdown=shutdown, announces_draining=True,
+                  on_rolling_restart=phase))
+"""
+    )
+    first = wait_until(lambda: len(master.worker_pids()) == 2 and master.worker_pids())
+    master.signal_master(signal.SIGUSR1)
+    master.wait_for_output("restart done")
+    lines = master.lines()
+    done = lines.index("restart done")
+    for pid in first.values():
+        assert lines.index(f"draining {pid}") < done, master.out
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0
+
+
+def test_rolling_restart_without_announces_draining_is_done_when_predecessors_are_told(script):
+    """A worker that never calls ``draining()`` does not hold "done" up."""
+    master = script(
+        PRELUDE
+        + """
+def run(id):
+    print(f"pid {id} {os.getpid()}")
+
+def shutdown(id, signal):
+    time.sleep(1.0)
+    print(f"stopped {os.getpid()}")
+
+def phase(name):
+    print(f"restart {name}")
+
+sys.exit(kamisama(workers=1, run=run, shutdown=shutdown, on_rolling_restart=phase))
+"""
+    )
+    (first,) = wait_until(lambda: list(master.worker_pids().values()) or None)
+    master.signal_master(signal.SIGUSR1)
+    master.wait_for_output(f"stopped {first}")
+    lines = master.lines()
+    assert lines.index("restart done") < lines.index(f"stopped {first}"), master.out
+    master.signal_master(signal.SIGTERM)
+    assert master.wait() == 0
+
+
 def test_shutdown_delay_keeps_workers_running_then_shuts_down_once(script):
     master = script(
         PIDS_AND_HOOKS

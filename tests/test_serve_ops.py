@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -396,11 +397,50 @@ def test_reload_notices_an_edit_saved_the_moment_the_server_says_listening(
     app.write_text(app.read_text().replace('"one"', '"second"'))
     server.wait_for_log("reload: app.py changed: rolling restart", timeout=10)
     server.wait_for_log("rolling restart done", timeout=20)
-    # "done" once the successor is ready; until the predecessor has seen its stop
-    # signal it may still take a connection (and serve it: nothing is lost).
-    predecessor, _successor = server.all_started_pids()
-    pids_gone([predecessor], output=server.output)
+    # "done": the successor is ready and the predecessor takes no new connection.
     assert _version(server) == "second", server.output()
+    assert server.stop() == 0, server.output()
+
+
+LOOP_BLOCKING_APP = """
+    import os, time
+    from pathlib import Path
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/block":  # CPU-bound on the loop: it cannot see its stop
+            Path("blocking").touch()
+            time.sleep(1.5)
+            Path("unblocked").touch()
+        body = str(os.getpid()).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+"""
+
+
+def test_rolling_restart_done_means_no_predecessor_takes_a_connection_any_more(
+    serve: StartServer,
+) -> None:
+    """ "rolling restart done" waits until every predecessor has stopped accepting (it
+    says so on its channel), even one whose loop is busy when it is told to stop:
+    every connection made after the line is the successors'."""
+    server = serve(["app:app", "-b", "127.0.0.1:0", "-w", "1"], modules={"app": LOOP_BLOCKING_APP})
+    server.wait_listening()
+    (predecessor,) = server.started().values()
+    with ThreadPoolExecutor(1) as pool:
+        blocked = pool.submit(server.get, "/block")
+        wait_until(lambda: (server.directory / "blocking").exists(), 10, "the blocking request")
+        server.send_signal(signal.SIGUSR1)
+        server.wait_for_log("rolling restart done", timeout=20)
+        assert (server.directory / "unblocked").exists(), server.output()
+        assert blocked.result(timeout=10).text == str(predecessor)
+    answered = {server.get().text for _ in range(6)}
+    assert str(predecessor) not in answered, server.output()
     assert server.stop() == 0, server.output()
 
 

@@ -100,6 +100,7 @@ class HttpServer:
         shortest = min(timers)
         self._tick = min(max(shortest / 4, 0.05), 0.5)
         self._drained = False
+        self._stopped_taking_work = False
 
     # Public -------------------------------------------------------------
 
@@ -161,18 +162,49 @@ class HttpServer:
     ) -> None:
         """Graceful stop: serve what was queued and in flight, then return.
 
-        Stops accepting, accepts what the kernel already queued (then, with
-        ``close_sockets``, closes the listening sockets at once: a connection
-        queued after that last accept would otherwise wait on a socket nobody
-        accepts on, and be reset when its last holder exits), closes idle
-        keep-alive connections (after ``idle_grace``: see ``HttpProtocol.drain``),
-        lets in-flight requests finish (answered with
-        ``connection: close``), asks WebSockets to close. After ``timeout``
-        seconds whatever is left is closed hard.
+        Begins with ``stop_taking_work`` (unless already called), lets in-flight
+        requests finish (answered with ``connection: close``), asks WebSockets to
+        close. After ``timeout`` seconds whatever is left is closed hard.
         """
         if self._drained:
             return
         self._drained = True
+        self.stop_taking_work(close_sockets=close_sockets, idle_grace=idle_grace)
+        state = self.state
+        waits: list[asyncio.Future[None]] = [asyncio.ensure_future(self._adopted())]
+        if state.websocket is not None:
+            waits.append(asyncio.ensure_future(state.websocket.shutdown()))
+        try:
+            await asyncio.wait_for(self._wait_idle(waits), timeout)
+        except asyncio.TimeoutError:
+            error_log.warning("drain timed out with %d connection(s) open", len(state.connections))
+            for conn in list(state.connections):
+                conn.force_close()
+            for task in list(state.tasks):
+                task.cancel()
+            for wait in waits:
+                wait.cancel()
+        finally:
+            if self._ticker is not None:
+                self._ticker.cancel()
+                self._ticker = None
+
+    def stop_taking_work(
+        self, *, close_sockets: bool = False, idle_grace: float | None = None
+    ) -> None:
+        """The first, synchronous half of ``drain()``: no new connection after it returns.
+
+        Stops accepting, accepts what the kernel already queued (then, with
+        ``close_sockets``, closes the listening sockets at once: a connection
+        queued after that last accept would otherwise wait on a socket nobody
+        accepts on, and be reset when its last holder exits), closes idle
+        keep-alive connections (after ``idle_grace``: see ``HttpProtocol.drain``).
+        Separate so a worker can tell its master the moment it is done (a rolling
+        restart's "done" waits for that). Idempotent.
+        """
+        if self._stopped_taking_work:
+            return
+        self._stopped_taking_work = True
         state = self.state
         state.draining = True
         self._serving = False
@@ -192,23 +224,6 @@ class HttpServer:
         state.idle_grace = idle_grace
         for conn in list(state.connections):
             conn.drain()
-        waits: list[asyncio.Future[None]] = [asyncio.ensure_future(self._adopted())]
-        if state.websocket is not None:
-            waits.append(asyncio.ensure_future(state.websocket.shutdown()))
-        try:
-            await asyncio.wait_for(self._wait_idle(waits), timeout)
-        except asyncio.TimeoutError:
-            error_log.warning("drain timed out with %d connection(s) open", len(state.connections))
-            for conn in list(state.connections):
-                conn.force_close()
-            for task in list(state.tasks):
-                task.cancel()
-            for wait in waits:
-                wait.cancel()
-        finally:
-            if self._ticker is not None:
-                self._ticker.cancel()
-                self._ticker = None
 
     # Accepting --------------------------------------------------------------
 
