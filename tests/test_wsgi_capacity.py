@@ -121,13 +121,29 @@ def test_killing_a_worker_fails_only_the_requests_its_app_had_started(
     """32 clients, a new connection per request (what gunicorn's sync worker sees).
 
     Connections the victim had not taken yet stay in the kernel's queue for the
-    other worker. (With keep-alive, a request already sent on a connection the
-    victim held, queued behind its running one, is lost with it too: 1 such
-    request in a typical run; the kernel cannot hand that connection over.)
+    other worker. (With keep-alive see the next test: it is not so.)
     """
+    _kill_one_under_load(serve, fresh=True)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: a request sent on a keep-alive connection the victim held, "
+    "queued behind its running call, dies with it (13-16 of 32 clients' in a run); "
+    "only handing such connections to another worker (SCM_RIGHTS) would save them",
+)
+def test_killing_a_worker_under_keep_alive_clients_fails_only_what_its_app_started(
+    serve: StartServer,
+) -> None:
+    """The issue's proof as written: 32 keep-alive clients. Not met (see the mark)."""
+    _kill_one_under_load(serve, fresh=False)
+
+
+def _kill_one_under_load(serve: StartServer, *, fresh: bool) -> None:
     server = start(serve, 2)
     victim = server.started()[1]
-    load = Load(server.port, clients=32, path="/?seconds=0.05", numbered=True, fresh=True)
+    load = Load(server.port, clients=32, path="/?seconds=0.05", numbered=True, fresh=fresh)
     with load:
         load.wait_ok(100)
         os.kill(victim, signal.SIGKILL)
