@@ -27,6 +27,7 @@ from kamisama_server.http.asgi import AsgiAdapter
 from kamisama_server.http.balance import LoadBoard, Seat
 from kamisama_server.http.config import HttpConfig
 from kamisama_server.http.exchange import AppHandler
+from kamisama_server.http.handover import Handover
 from kamisama_server.http.lifespan import LifespanFailed
 from kamisama_server.http.server import HttpServer
 from kamisama_server.http.wsgi import WSGIAdapter
@@ -174,12 +175,14 @@ class ServerWorkers:
         listeners: Listeners,
         loaded: _Loaded | None,
         board: LoadBoard | None = None,
+        handover: Handover | None = None,
     ) -> None:
         self.config = config
         self.listeners = listeners
         self.loaded = loaded
         self.http = http
         self.board = board
+        self.handover = handover
         self.state = _WorkerState()
 
     def setup(self, wid: int) -> None:
@@ -221,6 +224,7 @@ class ServerWorkers:
             _cannot_start(wid, StartupFailed(str(error)))
         seat = state.seat = self.board.claim(wid) if self.board is not None else None
         server = state.server = self._new_server(handler, seat=seat, on_tick=self._on_tick)
+        server.hand_over_with(self.handover)
         server.limit_requests(state.request_limit, self._recycle)
         await server.start(self.listeners.sockets_for(wid))
         state.serving.set()
@@ -430,7 +434,8 @@ def serve(config: ServeConfig) -> int:
     except BindError as error:
         return _refuse(f"cannot bind {error}", EXIT_CANNOT_BIND)
     board = LoadBoard() if config.socket_mode == "shared" else None
-    workers = ServerWorkers(config, http, listeners, loaded, board)
+    handover = Handover() if board is not None else None
+    workers = ServerWorkers(config, http, listeners, loaded, board, handover)
     reloads = _Reloads(config, workers) if config.reload else None
     scheme = "https" if config.ssl_certfile else "http"
 
@@ -488,5 +493,7 @@ def serve(config: ServeConfig) -> int:
         return supervisor.run()
     finally:
         listeners.close()
+        if handover is not None:
+            handover.close()
         if pid_file is not None:
             pid_file.remove()

@@ -205,7 +205,9 @@ async def _keep_busy(port: int, seconds: float) -> tuple[float, int, int]:
             answered_by = int(await reader.readexactly(length))
             if not done:
                 first, pid = time.monotonic() - started, answered_by
-            assert answered_by == pid, "a keep-alive connection changed worker"
+            # The connection counts for the worker that answered first. (It may move
+            # later: a worker that finishes nothing for a while hands its connections
+            # to one with a free thread, e.g. when it got no CPU on a loaded machine.)
             done += 1
     finally:
         writer.close()

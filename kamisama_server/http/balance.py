@@ -142,9 +142,15 @@ class LoadBoard:
 
     def sibling_has_room(self, own: int) -> bool:
         """Does a worker other than seat ``own`` accept now with an app thread free?"""
+        return self.siblings_with_room(own, 1) > 0
+
+    def siblings_with_room(self, own: int, enough: int = MAX_SLOTS) -> int:
+        """How many workers other than seat ``own`` accept now with an app thread free
+        (counting stops at ``enough``)."""
         used = self._words[0]
         figures = self._words[1 : 1 + used * _FIELDS].tolist()
         silent_before = int((time.monotonic() - SILENT_FOR) * 1e6)
+        found = 0
         for base in range(0, used * _FIELDS, _FIELDS):
             if (
                 base + 1 != own
@@ -153,8 +159,10 @@ class LoadBoard:
                 and not figures[base + _FULL_SINCE]
                 and figures[base + _BEAT] >= silent_before
             ):
-                return True
-        return False
+                found += 1
+                if found >= enough:
+                    break
+        return found
 
     def sweep(self) -> None:
         """Stop counting seats of processes that died without a word (SIGKILL)."""
@@ -224,6 +232,16 @@ class Seat:
         elif self._full_since:
             self._full_since = 0
             words[base + _FULL_SINCE] = 0
+
+    def siblings_with_room(self) -> int:
+        """How many other workers accept now with an app thread free?"""
+        return self.board.siblings_with_room(self._base)
+
+    def blocked(self) -> bool:
+        """Has this worker been full for ``FULL_FOR`` with no request finished (its
+        app blocks), as its siblings judge it?"""
+        since = self._full_since
+        return since != 0 and time.monotonic() * 1e6 - since >= FULL_FOR * 1e6
 
     def sibling_has_room(self) -> bool:
         """Is another worker accepting now with an app thread free?"""

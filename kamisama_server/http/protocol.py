@@ -80,8 +80,10 @@ class _Reject(Exception):
 class HttpProtocol(asyncio.Protocol):
     """The engine's side of one client connection."""
 
-    def __init__(self, state: EngineState) -> None:
+    def __init__(self, state: EngineState, read_ahead: bytes = b"") -> None:
         self.state = state
+        # Bytes another worker read from this connection before handing it to us.
+        self._read_ahead = read_ahead
         self.config = config = state.config
         loop = state.loop
         assert loop is not None, "EngineState.loop is set by HttpServer.start()"
@@ -166,6 +168,30 @@ class HttpProtocol(asyncio.Protocol):
         self.server = _address(transport.get_extra_info("sockname"))
         if self.state.draining:
             self.deadline = min(self.deadline, self.loop.time() + self.config.drain_fresh_timeout)
+        if self._read_ahead:  # taken because a thread is free here: served here
+            data, self._read_ahead = self._read_ahead, b""
+            self.feed(data)
+
+    def hand_over(self) -> None:
+        """Another worker serves this connection now: close our end and say nothing."""
+        self._dead = True
+        assert self.transport is not None
+        self.transport.abort()
+
+    def hold(self) -> None:
+        """The server holds the bytes of our next request back for now (its app
+        blocks): read nothing more meanwhile, and let no timer end the wait (the
+        keep-alive timeout must not close a connection whose request came)."""
+        self.timer = _NO_TIMER
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+    def release(self, data: bytes) -> None:
+        """Serve the held ``data`` here after all: as if it had just come."""
+        self.timer = _IDLE  # its head's own timeout starts with it (on_message_begin)
+        assert self.transport is not None
+        self.transport.resume_reading()
+        self.feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -204,6 +230,20 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._dead:
             return
+        hand_over = self.state.hand_over
+        if (
+            hand_over is not None
+            and self.exchange is None
+            and self.parsing is None
+            and not self._mid_head
+            and not self.pipeline
+            and hand_over(self, data)
+        ):
+            return  # the server took it: to pass it on, or hold it a moment (see feed)
+        self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``: what ``data_received`` does once the server keeps the bytes."""
         if self._in_head:
             self._head_bytes += len(data)
         self._moved = False

@@ -18,6 +18,11 @@ A worker takes a connection off the shared queue only when it should serve it:
   looks again shortly; a burst still queued after ``_QUEUE_AFTER`` counts in
   the share (each worker then takes its part of it at once); if nobody took
   them within ``_SHARE_GRACE`` (the others are busy), it takes them after all.
+- hand-over: a worker whose app blocks (every thread busy, nothing finished for
+  ``FULL_FOR``) passes the next request of a keep-alive connection, with the
+  connection, to a sibling with a free thread (``handover.py``), or holds it
+  back until one has (or its own thread is free): it never queues behind the
+  blocking call while a sibling could serve it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any, Final
 from .balance import Seat, accept_queue_length, queue_reader
 from .config import HttpConfig
 from .exchange import AppHandler, Threaded
+from .handover import Handover
 from .protocol import HttpProtocol
 from .state import EngineState, WebSocketSupport, error_log
 
@@ -48,6 +54,7 @@ _SHARE_GRACE: Final = 1.0  # over its share this long with the queue still full:
 _QUEUE_AFTER: Final = 0.01  # deferring this long with a burst still queued: count the queue
 _FULL_RECHECK: Final = 0.01  # at capacity, with requests queued inside or a --limit-concurrency:
 _FULL_GRACE: Final = 0.05  # what nobody took within this is taken (to queue it fairly, or 503)
+_HELD_RECHECK: Final = 0.002  # a blocked worker looks this often for a sibling to hand held ones
 
 # Why accepting is paused (None: it is not). _ROOM: every thread busy, nothing queued
 # inside yet: resume once a thread is free or requests start to queue (the rule changes).
@@ -90,7 +97,16 @@ class HttpServer:
             state.claims_enabled = True
         elif seat is not None:
             state.load_changed = self._publish
+        self._handover: Handover | None = None  # see hand_over_with
+        self._handover_watched = False
+        # Requests a blocked worker holds back, reading paused (see _hand_over).
+        self._held: list[tuple[HttpProtocol, bytes]] = []
+        self._held_timer: asyncio.TimerHandle | None = None
         self._adopting: set[asyncio.Task[None]] = set()
+        # Handed-over connections being set up. Not counted as load: their request,
+        # fed in connection_made, counts from there on, and counted twice we would
+        # look full to the siblings until the task's callback, after its answer.
+        self._receiving: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.TimerHandle | None = None
         self._second = 0
         config = self.config
@@ -129,6 +145,14 @@ class HttpServer:
         self.state.request_limit = limit
         self.state.on_request_limit = reached
 
+    def hand_over_with(self, handover: Handover | None) -> None:
+        """Before ``start``: pass keep-alive connections to siblings with a free app
+        thread, and take theirs, through ``handover`` (see handover.py). Only with
+        app threads and a seat (the board says who has a thread free), and not over
+        TLS (its session cannot move to another process)."""
+        usable = self._threaded is not None and self._seat is not None and self.config.ssl is None
+        self._handover = handover if usable else None
+
     async def start(self, sockets: list[socket.socket]) -> None:
         """Begin accepting on already-bound, listening sockets."""
         loop = asyncio.get_running_loop()
@@ -142,6 +166,9 @@ class HttpServer:
             if self._seat is not None and queue_reader(sock):
                 self._queue_known.add(sock.fileno())
             loop.add_reader(sock.fileno(), self._on_readable, sock)
+        if self._handover is not None:
+            self.state.hand_over = self._hand_over
+            self._watch_handover(True)
         self._publish()
 
     def mark_draining(self) -> None:
@@ -221,6 +248,16 @@ class HttpServer:
                 self._accept(sock, _MAX_BACKLOG_ACCEPT)
             if close_sockets:
                 sock.close()
+        if self._handover is not None:
+            # Handed-over connections queued until now are ours to serve, as the
+            # accept queue is: each worker takes what is queued once it passes no more.
+            state.hand_over = None
+            self._watch_handover(False)
+            # What we held back goes on to the others if no thread is left here to
+            # serve it (the watchdog gave up on them all), else it is served here.
+            self._release_held(pass_all=not take_queued)
+            if take_queued:
+                self._take_handed_over(_MAX_BACKLOG_ACCEPT)
         state.idle_grace = idle_grace
         for conn in list(state.connections):
             conn.drain()
@@ -256,6 +293,7 @@ class HttpServer:
         of its own, so a worker that paused for it may take the next one now (without
         this it waited for the next tick, up to half a second, while a burst queued)."""
         self._adopting.discard(task)
+        self._receiving.discard(task)
         load_changed = self.state.load_changed
         if load_changed is not None:
             load_changed()
@@ -345,6 +383,11 @@ class HttpServer:
         """Requests in flight or connections changed: publish; resume if the pause is over."""
         if self._paused == _ROOM and self._room_or_queue():
             self._resume_accepting()
+        if self._handover is not None and self._serving and self._has_room():
+            if self._held:
+                self._release_held()  # a thread is free here again: they queue here
+            if not self._handover_watched:
+                self._watch_handover(True)
         self._publish()
 
     def _room_or_queue(self) -> bool:
@@ -365,11 +408,14 @@ class HttpServer:
             full = not self._has_room()
             seat.publish(len(state.connections), self._serving, full, state.total_requests)
 
-    async def _adopt(self, conn: socket.socket) -> None:
+    async def _adopt(self, conn: socket.socket, read_ahead: bytes = b"") -> None:
         loop = asyncio.get_running_loop()
         tls = self.config.ssl
         try:
-            if tls is None:
+            if read_ahead:  # handed over (never TLS): the protocol is fed it first
+                state = self.state
+                await loop.connect_accepted_socket(lambda: HttpProtocol(state, read_ahead), conn)
+            elif tls is None:
                 await loop.connect_accepted_socket(self._protocol, conn)
             else:  # a client that never starts its handshake is a slow request head
                 await loop.connect_accepted_socket(
@@ -388,8 +434,8 @@ class HttpServer:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_fresh_timeout
-        while self._adopting:
-            pending = list(self._adopting)
+        while self._adopting or self._receiving:
+            pending = [*self._adopting, *self._receiving]
             remaining = deadline - loop.time()
             if remaining <= 0:
                 for task in pending:
@@ -397,6 +443,104 @@ class HttpServer:
                 await asyncio.gather(*pending, return_exceptions=True)
                 return
             await asyncio.wait(pending, timeout=remaining)
+
+    # Handing keep-alive connections over (see handover.py) ----------------------
+
+    def _hand_over(self, conn: HttpProtocol, data: bytes) -> bool:
+        """``data`` came on an idle connection. If our app blocks (no thread free, and no
+        request finished for ``FULL_FOR``), it must not queue behind it: the
+        connection goes to a sibling with a free thread, or waits, reading paused,
+        for the first one (or for our thread). True: we took ``data``.
+
+        A worker that keeps finishing requests keeps its connections: they wait a
+        moment, and the balance stays as it is.
+        """
+        if self._has_room():
+            return False
+        seat = self._seat
+        assert seat is not None
+        if not seat.blocked():
+            return False
+        if not self._held and seat.siblings_with_room() and self._pass_on(conn, data):
+            return True
+        limit = self.config.limit_concurrency
+        if limit is not None and self.state.inflight + len(self._held) >= limit:
+            return False  # it is answered 503 at once, as asked (held ones count too)
+        conn.hold()
+        self._held.append((conn, data))
+        self._pass_held()
+        return True
+
+    def _on_held_timer(self) -> None:
+        self._held_timer = None
+        self._pass_held()
+
+    def _pass_held(self) -> None:
+        """Hand held connections to the siblings with a free thread (one each), and
+        look again shortly while some are left."""
+        seat = self._seat
+        assert seat is not None
+        free = seat.siblings_with_room()
+        while free and self._held:
+            conn, data = self._held[0]
+            if not conn.closed:
+                if not self._pass_on(conn, data):
+                    break  # the queue is full: later
+                free -= 1
+            del self._held[0]
+        if self._held and self._held_timer is None:
+            loop = self.state.loop
+            assert loop is not None
+            self._held_timer = loop.call_later(_HELD_RECHECK, self._on_held_timer)
+
+    def _pass_on(self, conn: HttpProtocol, data: bytes) -> bool:
+        handover = self._handover
+        assert handover is not None
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or not handover.pass_on(sock.fileno(), data):
+            return False
+        conn.hand_over()
+        return True
+
+    def _release_held(self, pass_all: bool = False) -> None:
+        """Serve the held requests here (or, ``pass_all``, queue them for the others)."""
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        held, self._held = self._held, []
+        for conn, data in held:
+            if not conn.closed and not (pass_all and self._pass_on(conn, data)):
+                conn.release(data)
+
+    def _watch_handover(self, on: bool) -> None:
+        """Take handed-over connections (``on``) or leave them to the others."""
+        if on == self._handover_watched or self._handover is None:
+            return
+        self._handover_watched = on
+        loop = self.state.loop
+        assert loop is not None
+        if on:
+            loop.add_reader(self._handover.fileno(), self._on_handover)
+        else:
+            _remove_reader(loop, self._handover.fileno())
+
+    def _on_handover(self) -> None:
+        if not self._has_room():
+            self._watch_handover(False)  # back on once a thread is free (_load_changed)
+            return
+        self._take_handed_over(1)
+
+    def _take_handed_over(self, limit: int) -> None:
+        assert self._handover is not None
+        for _ in range(limit):
+            got = self._handover.take()
+            if got is None:
+                return
+            conn, read_ahead = got
+            task = asyncio.ensure_future(self._adopt(conn, read_ahead))
+            self._receiving.add(task)
+            task.add_done_callback(self._adoption_done)
 
     def _stop_accepting(self) -> None:
         if not self._accepting:

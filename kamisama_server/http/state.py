@@ -76,6 +76,10 @@ class EngineState:
         self.silent_claims = 0
         # Set by the server: called when connections or requests in flight change.
         self.load_changed: Callable[[], None] | None = None
+        # Set by a server that may pass a connection to another worker (see
+        # handover.py): called with the bytes that arrived on an idle connection;
+        # True means the connection went and the caller drops them.
+        self.hand_over: Callable[[HttpProtocol, bytes], bool] | None = None
         self.total_requests = 0
         self.access = AccessLog(config.access_log_format) if config.access_log else None
         self.request_limit = 0  # on_request_limit() once total_requests reaches it
