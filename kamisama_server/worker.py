@@ -44,9 +44,8 @@ from kamisama_server.signals import (
 
 _current_id: int | None = None
 _channel: socket.socket | None = None
-_ready_lock = threading.Lock()
-_ready_sent = False
-_draining_sent = False
+_once_lock = threading.Lock()
+_sent_once: set[bytes] = set()  # the lines a worker sends at most once ("ready", "draining")
 
 _MASTER_ONLY_SIGNALS = tuple(
     sig for sig in (RESTART_SIGNAL, SCALE_UP_SIGNAL, SCALE_DOWN_SIGNAL) if sig is not None
@@ -67,13 +66,7 @@ def ready() -> None:
     Needed only with ``manual_ready=True`` (the server calls it once it accepts);
     otherwise it is sent for you just before ``run`` is called. Idempotent.
     """
-    global _ready_sent
-    with _ready_lock:
-        if _channel is None or _ready_sent:
-            return
-        _ready_sent = True
-        with contextlib.suppress(OSError):
-            _channel.sendall(b"ready\n")
+    _send_once(b"ready")
 
 
 def draining() -> None:
@@ -83,13 +76,16 @@ def draining() -> None:
     Needed only with ``announces_draining=True``: a rolling restart then says
     "done" only once every predecessor has sent it (or exited). Idempotent.
     """
-    global _draining_sent
-    with _ready_lock:
-        if _channel is None or _draining_sent:
+    _send_once(b"draining")
+
+
+def _send_once(line: bytes) -> None:
+    with _once_lock:
+        if _channel is None or line in _sent_once:
             return
-        _draining_sent = True
+        _sent_once.add(line)
         with contextlib.suppress(OSError):
-            _channel.sendall(b"draining\n")
+            _channel.sendall(line + b"\n")
 
 
 def request_replacement(reason: str) -> None:
@@ -425,8 +421,8 @@ class Worker:
 
 def worker_main(wid: int, channel: socket.socket, options: KamisamaOptions) -> int:
     """Entry point in a freshly forked worker; returns its exit code."""
-    global _current_id, _channel, _ready_sent, _draining_sent
+    global _current_id, _channel
     _current_id = wid
     _channel = channel
-    _ready_sent = _draining_sent = False
+    _sent_once.clear()
     return Worker(wid, channel, options).main()

@@ -399,25 +399,32 @@ sys.exit(supervisor.run())
     assert sorted(hooks(master.out)) == [(w, s) for w in (1, 2) for s in ("SIGTERM", "SIGUSR2")]
 
 
+PIDS_AND_PHASES = (
+    PRELUDE
+    + """
+def run(id):
+    print(f"pid {id} {os.getpid()}")
+
+def phase(name):
+    print(f"restart {name}")
+"""
+)
+"""Workers that print ``pid ID PID``; ``phase`` prints ``restart begin|done``."""
+
+
 def test_rolling_restart_says_done_only_once_every_predecessor_announced_its_drain(script):
     """With ``announces_draining``, "done" means the predecessors take no new work:
     the line comes after each one's ``draining()``, however late its hook calls it."""
     master = script(
-        PRELUDE
+        PIDS_AND_PHASES
         + """
 from kamisama_server import draining
-
-def run(id):
-    print(f"pid {id} {os.getpid()}")
 
 def shutdown(id, signal):
     time.sleep(0.5)  # a drain that takes a moment to stop taking work
     print(f"draining {os.getpid()}")
     draining()
     draining()  # idempotent
-
-def phase(name):
-    print(f"restart {name}")
 
 sys.exit(kamisama(workers=2, run=run, shutdown=shutdown, announces_draining=True,
                   on_rolling_restart=phase))
@@ -437,17 +444,11 @@ sys.exit(kamisama(workers=2, run=run, shutdown=shutdown, announces_draining=True
 def test_rolling_restart_without_announces_draining_is_done_when_predecessors_are_told(script):
     """A worker that never calls ``draining()`` does not hold "done" up."""
     master = script(
-        PRELUDE
+        PIDS_AND_PHASES
         + """
-def run(id):
-    print(f"pid {id} {os.getpid()}")
-
 def shutdown(id, signal):
     time.sleep(1.0)
     print(f"stopped {os.getpid()}")
-
-def phase(name):
-    print(f"restart {name}")
 
 sys.exit(kamisama(workers=1, run=run, shutdown=shutdown, on_rolling_restart=phase))
 """

@@ -125,6 +125,18 @@ def make_busy(server: Server, client: KeepAlive, seconds: float, count: int) -> 
     time.sleep(2 * FULL_FOR)
 
 
+def both_busy(
+    serve: StartServer, first: float, second: float, *args: str
+) -> tuple[Server, dict[int, list[KeepAlive]]]:
+    """Two workers, two keep-alive connections each; the first connection of each
+    worker in a blocking request (``first`` and ``second`` seconds, in pool order)."""
+    server = start(serve, 2, *args)
+    pool = keep_alive_pool(server, 2)
+    for count, (clients, seconds) in enumerate(zip(pool.values(), (first, second), strict=True), 1):
+        make_busy(server, clients[0], seconds, count)
+    return server, pool
+
+
 def test_keep_alive_requests_go_to_the_idle_worker_while_theirs_is_busy(
     serve: StartServer,
 ) -> None:
@@ -151,11 +163,8 @@ def test_a_request_held_by_a_blocked_worker_goes_to_the_sibling_that_frees_first
 ) -> None:
     """Both workers busy, one for 3 s, the other for 1 s: a request on the first one's
     keep-alive connection waits for the second, not behind the 3 s call."""
-    server = start(serve, 2)
-    pool = keep_alive_pool(server, 2)
+    server, pool = both_busy(serve, 3, 1)
     slow_pid, quick_pid = pool
-    make_busy(server, pool[slow_pid][0], 3, 1)
-    make_busy(server, pool[quick_pid][0], 1, 2)
     pid, took = pool[slow_pid][1].get()
     print(f"\nheld on worker {slow_pid} (3 s call), answered by {pid} after {took:.3f}s")
     assert pid == quick_pid, f"answered by {pid} after {took:.3f}s"
@@ -168,12 +177,8 @@ def test_a_request_held_longer_than_the_keep_alive_timeout_is_still_served(
 ) -> None:
     """Both workers blocked for 1.5 s, ``--keep-alive 0.5``: a request held back on an
     idle connection is no idle connection (its keep-alive timeout must not close it)."""
-    server = start(serve, 2, "--keep-alive", "0.5")
-    pool = keep_alive_pool(server, 2)
-    first, second = pool
-    make_busy(server, pool[first][0], 1.5, 1)
-    make_busy(server, pool[second][0], 1.5, 2)
-    pid, took = pool[first][1].get()
+    server, pool = both_busy(serve, 1.5, 1.5, "--keep-alive", "0.5")
+    pid, took = next(iter(pool.values()))[1].get()
     print(f"\nheld {took:.3f}s, answered by {pid}")
     assert took > 0.5, f"not held: answered after {took:.3f}s"
     assert server.stop() == 0, server.output()
@@ -184,12 +189,8 @@ def test_a_request_held_by_a_blocked_worker_is_served_through_a_shutdown(
 ) -> None:
     """Both workers blocked, a request held back on one of them, then SIGTERM: the
     held request is served (the drain serves what it holds), and the exit is clean."""
-    server = start(serve, 2)
-    pool = keep_alive_pool(server, 2)
-    first, second = pool
-    make_busy(server, pool[first][0], 1.5, 1)
-    make_busy(server, pool[second][0], 1.5, 2)
-    held = pool[first][1]
+    server, pool = both_busy(serve, 1.5, 1.5)
+    held = next(iter(pool.values()))[1]
     held.send("/")
     time.sleep(2 * FULL_FOR)  # a moment to be held (nobody has a free thread)
     server.send_signal(signal.SIGTERM)
