@@ -89,6 +89,16 @@ def _within_part(connections: int, workers: int, total: int, slack: int) -> bool
     return connections * workers <= total + slack * workers
 
 
+def _full_before(now: float) -> int:
+    """A worker full since before this board time (µs) counts as blocked at ``now``."""
+    return int((now - FULL_FOR) * 1e6)
+
+
+def _blocked(full_since: int, full_before: int) -> bool:
+    """Full (with nothing finished) since before ``full_before``: its app blocks."""
+    return full_since != 0 and full_since < full_before
+
+
 class LoadBoard:
     """The shared figures: one seat per worker process (pid, accepting, connections)."""
 
@@ -124,7 +134,7 @@ class LoadBoard:
         figures = self._words[1 : 1 + used * _FIELDS].tolist()
         taking = taking_held = alive = alive_held = 0
         now = time.monotonic()
-        full_before = int((now - FULL_FOR) * 1e6)
+        full_before = _full_before(now)
         silent_before = int((now - SILENT_FOR) * 1e6)
         for base in range(0, used * _FIELDS, _FIELDS):
             if figures[base + _ACCEPTING] and base + 1 != own and figures[base + _PID]:
@@ -133,8 +143,7 @@ class LoadBoard:
                 held = figures[base + _CONNECTIONS]
                 alive += 1
                 alive_held += held
-                full_since = figures[base + _FULL_SINCE]
-                if full_since and full_since < full_before:
+                if _blocked(figures[base + _FULL_SINCE], full_before):
                     continue  # busy for a while: it takes nothing now
                 taking += 1
                 taking_held += held
@@ -240,8 +249,7 @@ class Seat:
     def blocked(self) -> bool:
         """Has this worker been full for ``FULL_FOR`` with no request finished (its
         app blocks), as its siblings judge it?"""
-        since = self._full_since
-        return since != 0 and time.monotonic() * 1e6 - since >= FULL_FOR * 1e6
+        return _blocked(self._full_since, _full_before(time.monotonic()))
 
     def sibling_has_room(self) -> bool:
         """Is another worker accepting now with an app thread free?"""

@@ -284,9 +284,15 @@ class HttpServer:
                     error_log.warning("accept failed: %s", exc)
                 return
             conn.setblocking(False)
-            task = asyncio.ensure_future(self._adopt(conn))
-            self._adopting.add(task)
-            task.add_done_callback(self._adoption_done)
+            self._begin_adoption(conn, b"", self._adopting)
+
+    def _begin_adoption(
+        self, conn: socket.socket, read_ahead: bytes, pending: set[asyncio.Task[None]]
+    ) -> None:
+        """Give ``conn`` its protocol in a task, kept in ``pending`` until it has one."""
+        task = asyncio.ensure_future(self._adopt(conn, read_ahead))
+        pending.add(task)
+        task.add_done_callback(self._adoption_done)
 
     def _adoption_done(self, task: asyncio.Task[None]) -> None:
         """An accepted socket has its protocol (or failed): it no longer counts as load
@@ -461,26 +467,26 @@ class HttpServer:
         assert seat is not None
         if not seat.blocked():
             return False
-        if not self._held and seat.siblings_with_room() and self._pass_on(conn, data):
+        free = seat.siblings_with_room()
+        if free and not self._held and self._pass_on(conn, data):
             return True
         limit = self.config.limit_concurrency
         if limit is not None and self.state.inflight + len(self._held) >= limit:
             return False  # it is answered 503 at once, as asked (held ones count too)
         conn.hold()
         self._held.append((conn, data))
-        self._pass_held()
+        self._pass_held(free)
         return True
 
     def _on_held_timer(self) -> None:
         self._held_timer = None
-        self._pass_held()
-
-    def _pass_held(self) -> None:
-        """Hand held connections to the siblings with a free thread (one each), and
-        look again shortly while some are left."""
         seat = self._seat
         assert seat is not None
-        free = seat.siblings_with_room()
+        self._pass_held(seat.siblings_with_room())
+
+    def _pass_held(self, free: int) -> None:
+        """Hand held connections to the ``free`` siblings with a free thread (one
+        each), oldest first, and look again shortly while some are left."""
         while free and self._held:
             conn, data = self._held[0]
             if not conn.closed:
@@ -538,9 +544,7 @@ class HttpServer:
             if got is None:
                 return
             conn, read_ahead = got
-            task = asyncio.ensure_future(self._adopt(conn, read_ahead))
-            self._receiving.add(task)
-            task.add_done_callback(self._adoption_done)
+            self._begin_adoption(conn, read_ahead, self._receiving)
 
     def _stop_accepting(self) -> None:
         if not self._accepting:
